@@ -1,0 +1,196 @@
+"""The local backend: a ``transformers`` cross-encoder run with torch. The only module importing torch.
+
+Pairs are tokenized in one batched call, sorted by length and cut into batches under a budget of
+padded tokens, so a 100-passage query wastes little compute on padding. Each batch runs once, in
+fp16 on CUDA and fp32 on CPU by default; logits come back as fp32 and in input order. A CUDA
+out-of-memory error splits the batch in two and retries instead of failing the call.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections.abc import Sequence
+from typing import TYPE_CHECKING, Any
+
+from bge_rerank_integrations.batching import padded_length, plan_batches
+from bge_rerank_integrations.config import RerankerConfig
+from bge_rerank_integrations.errors import ModelLoadError
+from bge_rerank_integrations.tokenization import PairEncoder
+
+if TYPE_CHECKING:
+    import torch
+
+__all__ = ["LocalBackend", "resolve_device"]
+
+logger = logging.getLogger(__name__)
+
+_LOCAL_FOLDER_HINT = (
+    "If the Hugging Face hub is unreachable, download the model once where it is reachable "
+    "(for example `hf download BAAI/bge-reranker-v2-m3 --local-dir ./bge-reranker-v2-m3`) and pass "
+    "that folder as the model, or pass local_files_only=True to use an existing cache."
+)
+
+
+def resolve_device(device: str | None) -> torch.device:
+    """The device to run on: the one asked for, else cuda, then mps, then cpu."""
+    import torch
+
+    if device is not None:
+        try:
+            return torch.device(device)
+        except RuntimeError as exc:
+            raise ValueError(f"invalid device {device!r}: {exc}") from None
+    if torch.cuda.is_available():
+        return torch.device("cuda")
+    if torch.backends.mps.is_available():
+        return torch.device("mps")
+    return torch.device("cpu")
+
+
+class LocalBackend:
+    """Loads the model with ``transformers`` on first use and scores pairs on one device."""
+
+    def __init__(self, config: RerankerConfig) -> None:
+        """Store the settings; nothing is loaded until :meth:`load` or the first score."""
+        self.config = config
+        self._load_lock = threading.Lock()
+        self._device_lock = threading.Lock()  # one forward pass at a time on the device
+        self._model: Any = None
+        self._encoder: PairEncoder | None = None
+        self._device: torch.device | None = None
+        self._pad_id = 0
+        self._multiple = 1
+
+    @property
+    def is_loaded(self) -> bool:
+        """Whether weights and tokenizer are in memory."""
+        return self._model is not None
+
+    @property
+    def device(self) -> torch.device:
+        """The device the model runs on (loads the model if needed)."""
+        self.load()
+        assert self._device is not None
+        return self._device
+
+    def load(self) -> None:
+        """Load tokenizer and weights once; later calls return at once."""
+        if self._model is not None:
+            return
+        with self._load_lock:
+            if self._model is None:
+                self._load()
+
+    def _load(self) -> None:
+        from transformers import AutoModelForSequenceClassification, AutoTokenizer
+
+        cfg = self.config
+        device = resolve_device(cfg.device)
+        dtype = _torch_dtype(cfg.dtype, device)
+        hub_kwargs: dict[str, Any] = {
+            "revision": cfg.revision,
+            "cache_dir": cfg.cache_dir,
+            "local_files_only": cfg.local_files_only,
+            "trust_remote_code": cfg.trust_remote_code,
+        }
+        try:
+            tokenizer = AutoTokenizer.from_pretrained(cfg.model, **hub_kwargs)
+            model = AutoModelForSequenceClassification.from_pretrained(cfg.model, dtype=dtype, **hub_kwargs)
+        except (OSError, ValueError, KeyError) as exc:  # hub, file and config errors all land here
+            first_line = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+            raise ModelLoadError(
+                f"could not load the reranker model {cfg.model!r}: {first_line}\n{_LOCAL_FOLDER_HINT}"
+            ) from None
+
+        model_cfg = model.config
+        if getattr(model_cfg, "num_labels", None) != 1:
+            raise ModelLoadError(
+                f"{cfg.model!r} has {model_cfg.num_labels} output labels; a reranker (cross-encoder) "
+                "has exactly one relevance logit"
+            )
+        limit = _position_limit(model_cfg)
+        if limit is not None and cfg.max_length > limit:
+            raise ValueError(f"max_length={cfg.max_length} exceeds the model's limit of {limit} tokens")
+
+        self._encoder = PairEncoder.from_transformers(
+            tokenizer, max_length=cfg.max_length, query_max_length=cfg.resolved_query_max_length
+        )
+        pad_id = tokenizer.pad_token_id
+        self._pad_id = int(pad_id) if pad_id is not None else 0
+        self._multiple = 8 if device.type == "cuda" else 1
+        model.to(device)
+        model.eval()
+        self._device = device
+        logger.info("loaded %s on %s in %s", cfg.model, device, dtype)
+        self._model = model  # last: marks the backend as loaded
+
+    def score_pairs(self, pairs: Sequence[tuple[str, str]]) -> list[float]:
+        """Raw logits of ``pairs`` in input order; each batch runs exactly once."""
+        if not pairs:
+            return []
+        self.load()
+        assert self._encoder is not None
+        ids = self._encoder.encode(pairs)
+        scores: list[float] = [0.0] * len(ids)
+        for batch in plan_batches(
+            [len(x) for x in ids], self.config.max_batch_tokens, multiple=self._multiple
+        ):
+            for i, score in zip(batch, self._run_splitting([ids[i] for i in batch]), strict=True):
+                scores[i] = score
+        return scores
+
+    def _run_splitting(self, batch: list[list[int]]) -> list[float]:
+        """Forward ``batch``; on out-of-memory, halve it and retry each half."""
+        import torch
+
+        try:
+            return self._forward(batch)
+        except torch.OutOfMemoryError:
+            if len(batch) == 1:
+                raise
+            logger.warning("out of memory on a batch of %d pairs; splitting it and retrying", len(batch))
+            if self._device is not None and self._device.type == "cuda":
+                torch.cuda.empty_cache()
+            half = len(batch) // 2
+            return self._run_splitting(batch[:half]) + self._run_splitting(batch[half:])
+
+    def _forward(self, batch: list[list[int]]) -> list[float]:
+        """One forward pass over right-padded ids; returns fp32 logits as floats."""
+        import torch
+
+        width = padded_length(max(len(x) for x in batch), self._multiple)
+        padded = [x + [self._pad_id] * (width - len(x)) for x in batch]
+        mask = [[1] * len(x) + [0] * (width - len(x)) for x in batch]
+        input_ids = torch.tensor(padded, dtype=torch.long)
+        attention_mask = torch.tensor(mask, dtype=torch.long)
+        device = self._device
+        assert device is not None
+        if device.type == "cuda":
+            input_ids = input_ids.pin_memory().to(device, non_blocking=True)
+            attention_mask = attention_mask.pin_memory().to(device, non_blocking=True)
+        elif device.type != "cpu":
+            input_ids, attention_mask = input_ids.to(device), attention_mask.to(device)
+        with self._device_lock, torch.inference_mode():
+            logits = self._model(input_ids=input_ids, attention_mask=attention_mask).logits
+            values: list[float] = logits[:, 0].float().cpu().tolist()
+        return values
+
+
+def _torch_dtype(name: str, device: torch.device) -> torch.dtype:
+    import torch
+
+    if name == "auto":
+        return torch.float16 if device.type == "cuda" else torch.float32
+    dtype: torch.dtype = getattr(torch, name)
+    return dtype
+
+
+def _position_limit(model_config: Any) -> int | None:
+    """Longest input the position embeddings allow (RoBERTa-style models reserve pad_id + 1 slots)."""
+    positions = getattr(model_config, "max_position_embeddings", None)
+    if positions is None:
+        return None
+    if "roberta" in str(getattr(model_config, "model_type", "")):
+        return int(positions) - int(getattr(model_config, "pad_token_id", 1) or 0) - 1
+    return int(positions)

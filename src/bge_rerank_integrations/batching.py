@@ -1,0 +1,35 @@
+"""Length-sorted batches under a budget of padded tokens, and the way back to input order."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+__all__ = ["padded_length", "plan_batches"]
+
+
+def padded_length(length: int, multiple: int) -> int:
+    """``length`` rounded up to a multiple of ``multiple`` (tensor-core friendly shapes on GPU)."""
+    return -(-length // multiple) * multiple
+
+
+def plan_batches(lengths: Sequence[int], max_batch_tokens: int, *, multiple: int = 1) -> list[list[int]]:
+    """Split item indices into batches, longest first, each costing at most ``max_batch_tokens``.
+
+    A batch costs ``len(batch) * padded_length(longest item)``; an item longer than the budget gets a
+    batch of its own. Sorting by length keeps padding small; equal lengths keep input order, so the
+    plan is deterministic. Every index appears exactly once.
+    """
+    order = sorted(range(len(lengths)), key=lambda i: -lengths[i])
+    batches: list[list[int]] = []
+    current: list[int] = []
+    width = 0  # padded length of the batch's first (longest) item
+    for i in order:
+        if current and width * (len(current) + 1) > max_batch_tokens:
+            batches.append(current)
+            current = []
+        if not current:
+            width = padded_length(lengths[i], multiple)
+        current.append(i)
+    if current:
+        batches.append(current)
+    return batches

@@ -1,0 +1,92 @@
+"""Settings of a reranker: one frozen, hashable value that also keys the one-model-per-process cache."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Literal
+
+__all__ = ["DEFAULT_MODEL", "DType", "RerankerConfig"]
+
+DEFAULT_MODEL = "BAAI/bge-reranker-v2-m3"
+"""The model every entry point uses unless told otherwise."""
+
+DType = Literal["auto", "float32", "float16", "bfloat16"]
+
+_DTYPE_ALIASES: dict[str, DType] = {
+    "auto": "auto",
+    "float32": "float32",
+    "fp32": "float32",
+    "float": "float32",
+    "float16": "float16",
+    "fp16": "float16",
+    "half": "float16",
+    "bfloat16": "bfloat16",
+    "bf16": "bfloat16",
+}
+
+# <s> Q </s></s> P </s>: four special tokens around a pair; at least one query and passage token left.
+_PAIR_SPECIAL_TOKENS = 4
+_MIN_MAX_LENGTH = 16
+
+
+@dataclass(frozen=True, kw_only=True)
+class RerankerConfig:
+    """Everything that decides how a model is loaded and how pairs are scored.
+
+    ``query_max_length=None`` resolves to ``max_length * 3 // 4`` (the reference's rule), and dtype
+    aliases (``"fp16"``, ``"bf16"``) resolve to their canonical names, so equal settings compare equal.
+    """
+
+    model: str = DEFAULT_MODEL
+    """Hub model id or local folder."""
+    device: str | None = None
+    """``None`` picks cuda, then mps, then cpu; an explicit ``"cuda:1"`` is honoured."""
+    dtype: DType = "auto"
+    """``"auto"`` is float16 on CUDA and float32 elsewhere; ``"bfloat16"`` is selectable."""
+    max_length: int = 512
+    """Tokens of a whole pair, special tokens included (the model allows up to 8192)."""
+    query_max_length: int | None = None
+    """Tokens kept of the query; ``None`` means ``max_length * 3 // 4``."""
+    max_batch_tokens: int = 16384
+    """Budget of a forward pass in padded tokens (batch size times its longest pair)."""
+    normalize: bool = False
+    """Default of ``score(normalize=...)``: sigmoid of the logit instead of the raw logit."""
+    revision: str | None = None
+    cache_dir: str | None = None
+    local_files_only: bool = False
+    trust_remote_code: bool = False
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.model, str) or not self.model:
+            raise ValueError(f"model must be a non-empty model id or folder, got {self.model!r}")
+        dtype = _DTYPE_ALIASES.get(str(self.dtype).removeprefix("torch.").lower())
+        if dtype is None:
+            allowed = ", ".join(sorted(_DTYPE_ALIASES))
+            raise ValueError(f"dtype must be one of {allowed}; got {self.dtype!r}")
+        object.__setattr__(self, "dtype", dtype)
+        _check_int("max_length", self.max_length, _MIN_MAX_LENGTH)
+        if self.query_max_length is None:
+            object.__setattr__(self, "query_max_length", self.max_length * 3 // 4)
+        _check_int("query_max_length", self.query_max_length, 1)
+        assert self.query_max_length is not None
+        if self.query_max_length > self.max_length - _PAIR_SPECIAL_TOKENS:
+            raise ValueError(
+                f"query_max_length must leave room for the passage and the 4 special tokens: at most "
+                f"max_length - 4 = {self.max_length - _PAIR_SPECIAL_TOKENS}, got {self.query_max_length}"
+            )
+        _check_int("max_batch_tokens", self.max_batch_tokens, 1)
+        if self.device is not None and (not isinstance(self.device, str) or not self.device):
+            raise ValueError(f"device must be None or a device string like 'cuda:0', got {self.device!r}")
+
+    @property
+    def resolved_query_max_length(self) -> int:
+        """``query_max_length`` as an int (it is always set after construction)."""
+        assert self.query_max_length is not None
+        return self.query_max_length
+
+
+def _check_int(name: str, value: object, minimum: int) -> None:
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise TypeError(f"{name} must be an int, got {type(value).__name__}")
+    if value < minimum:
+        raise ValueError(f"{name} must be >= {minimum}, got {value}")

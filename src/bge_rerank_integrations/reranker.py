@@ -1,0 +1,237 @@
+"""``Reranker``: score passages against a query with bge-reranker-v2-m3, in input order.
+
+One class with a clear split: construction stores settings (cheap), :meth:`Reranker.load` or the
+first call loads the model, :meth:`Reranker.score` returns one float per passage in input order and
+:meth:`Reranker.rank` sorts them. :meth:`Reranker.shared` gives one instance per process per settings,
+which is how the framework adapters share a single loaded model.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import math
+import threading
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any, ClassVar
+
+from bge_rerank_integrations.backends.base import Backend
+from bge_rerank_integrations.config import DEFAULT_MODEL, DType, RerankerConfig
+
+__all__ = ["RerankResult", "Reranker", "check_top", "rank_scores", "sigmoid"]
+
+
+@dataclass(frozen=True, slots=True)
+class RerankResult:
+    """One ranked passage: its position in the caller's input and its score."""
+
+    index: int
+    score: float
+
+
+def sigmoid(logit: float) -> float:
+    """Logistic function in float64, without overflow for large negative logits."""
+    if logit >= 0:
+        return 1.0 / (1.0 + math.exp(-logit))
+    e = math.exp(logit)
+    return e / (1.0 + e)
+
+
+class Reranker:
+    """A cross-encoder reranker (bge-reranker-v2-m3 by default) with a framework-free API.
+
+    Example:
+        >>> rr = Reranker("BAAI/bge-reranker-v2-m3")             # nothing loaded yet
+        >>> rr.score("what is a panda?", ["The giant panda is a bear.", "hi"])
+        [5.26, -8.19]
+        >>> rr.rank("what is a panda?", ["hi", "The giant panda is a bear."], top_n=1)
+        [RerankResult(index=1, score=5.26)]
+    """
+
+    _shared: ClassVar[dict[RerankerConfig, Reranker]] = {}
+    _shared_lock: ClassVar[threading.Lock] = threading.Lock()
+
+    def __init__(
+        self,
+        model: str = DEFAULT_MODEL,
+        *,
+        device: str | None = None,
+        dtype: DType | str = "auto",
+        max_length: int = 512,
+        query_max_length: int | None = None,
+        max_batch_tokens: int = 16384,
+        normalize: bool = False,
+        revision: str | None = None,
+        cache_dir: str | None = None,
+        local_files_only: bool = False,
+        trust_remote_code: bool = False,
+    ) -> None:
+        """Store the settings (see :class:`RerankerConfig`); the model loads on first use."""
+        config = RerankerConfig(
+            model=model,
+            device=device,
+            dtype=dtype,  # type: ignore[arg-type]  # aliases are validated and canonicalised
+            max_length=max_length,
+            query_max_length=query_max_length,
+            max_batch_tokens=max_batch_tokens,
+            normalize=normalize,
+            revision=revision,
+            cache_dir=cache_dir,
+            local_files_only=local_files_only,
+            trust_remote_code=trust_remote_code,
+        )
+        self._init_from_config(config)
+
+    def _init_from_config(self, config: RerankerConfig) -> None:
+        from bge_rerank_integrations.backends.local import LocalBackend
+
+        self.config = config
+        self._backend: Backend = LocalBackend(config)
+
+    @classmethod
+    def from_config(cls, config: RerankerConfig) -> Reranker:
+        """A new (unshared) reranker with these settings."""
+        self = cls.__new__(cls)
+        self._init_from_config(config)
+        return self
+
+    @classmethod
+    def shared(cls, model: str = DEFAULT_MODEL, **settings: Any) -> Reranker:
+        """The process-wide instance for these settings, created on first request.
+
+        Every adapter built with the same settings gets the same instance, so the weights are in
+        memory once. Settings are compared as given: ``device=None`` and ``device="cpu"`` are two keys.
+        """
+        return cls.shared_from_config(RerankerConfig(model=model, **settings))
+
+    @classmethod
+    def shared_from_config(cls, config: RerankerConfig) -> Reranker:
+        """The process-wide instance for ``config`` (see :meth:`shared`)."""
+        with cls._shared_lock:
+            instance = cls._shared.get(config)
+            if instance is None:
+                instance = cls._shared[config] = cls.from_config(config)
+            return instance
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}({self.config.model!r}, loaded={self.is_loaded})"
+
+    @property
+    def is_loaded(self) -> bool:
+        """Whether the model is in memory."""
+        return self._backend.is_loaded
+
+    def load(self) -> Reranker:
+        """Load the model now (a warm-up); idempotent. Returns ``self``.
+
+        Raises:
+            ModelLoadError: the model cannot be found or is not a one-label cross-encoder.
+        """
+        self._backend.load()
+        return self
+
+    def score(self, query: str, passages: Sequence[str], *, normalize: bool | None = None) -> list[float]:
+        """One score per passage, in input order: the raw logit, or its sigmoid if ``normalize``.
+
+        ``normalize=None`` uses the instance default. An empty ``passages`` returns ``[]`` without
+        loading the model.
+
+        Raises:
+            TypeError: ``query`` or a passage is not a ``str`` (the message names the index).
+        """
+        _check_text("query", query)
+        texts = _check_passages(passages)
+        return self._score([(query, p) for p in texts], normalize)
+
+    def score_pairs(self, pairs: Sequence[tuple[str, str]], *, normalize: bool | None = None) -> list[float]:
+        """One score per ``(query, passage)`` pair, in input order."""
+        if isinstance(pairs, str | bytes) or not isinstance(pairs, Sequence):
+            raise TypeError(
+                f"pairs must be a sequence of (query, passage) tuples, got {type(pairs).__name__}"
+            )
+        checked: list[tuple[str, str]] = []
+        for i, pair in enumerate(pairs):
+            if not isinstance(pair, tuple | list) or len(pair) != 2:
+                raise TypeError(f"pairs[{i}] must be a (query, passage) pair, got {pair!r:.80}")
+            _check_text(f"pairs[{i}][0]", pair[0])
+            _check_text(f"pairs[{i}][1]", pair[1])
+            checked.append((pair[0], pair[1]))
+        return self._score(checked, normalize)
+
+    def rank(
+        self,
+        query: str,
+        passages: Sequence[str],
+        *,
+        top_n: int | None = None,
+        normalize: bool | None = None,
+    ) -> list[RerankResult]:
+        """Passages as ``(index, score)``, best first; ties keep input order; at most ``top_n``.
+
+        Raises:
+            ValueError: ``top_n`` is not ``None`` and below 1.
+        """
+        check_top("top_n", top_n)
+        return rank_scores(self.score(query, passages, normalize=normalize), top_n)
+
+    async def ascore(
+        self, query: str, passages: Sequence[str], *, normalize: bool | None = None
+    ) -> list[float]:
+        """:meth:`score` in a worker thread, so the event loop keeps running."""
+        return await asyncio.to_thread(self.score, query, passages, normalize=normalize)
+
+    async def ascore_pairs(
+        self, pairs: Sequence[tuple[str, str]], *, normalize: bool | None = None
+    ) -> list[float]:
+        """:meth:`score_pairs` in a worker thread, so the event loop keeps running."""
+        return await asyncio.to_thread(self.score_pairs, pairs, normalize=normalize)
+
+    async def arank(
+        self,
+        query: str,
+        passages: Sequence[str],
+        *,
+        top_n: int | None = None,
+        normalize: bool | None = None,
+    ) -> list[RerankResult]:
+        """:meth:`rank` in a worker thread, so the event loop keeps running."""
+        check_top("top_n", top_n)
+        return rank_scores(await self.ascore(query, passages, normalize=normalize), top_n)
+
+    def _score(self, pairs: list[tuple[str, str]], normalize: bool | None) -> list[float]:
+        if not pairs:
+            return []
+        logits = self._backend.score_pairs(pairs)
+        if self.config.normalize if normalize is None else normalize:
+            return [sigmoid(x) for x in logits]
+        return logits
+
+
+def rank_scores(scores: Sequence[float], top_n: int | None = None) -> list[RerankResult]:
+    """Sort scores best first (stable on ties) and keep ``top_n``."""
+    order = sorted(range(len(scores)), key=lambda i: -scores[i])
+    return [RerankResult(i, scores[i]) for i in order[:top_n]]
+
+
+def _check_text(name: str, value: object) -> None:
+    if not isinstance(value, str):
+        raise TypeError(f"{name} must be a str, got {type(value).__name__}")
+
+
+def _check_passages(passages: object) -> list[str]:
+    if isinstance(passages, str | bytes) or not isinstance(passages, Sequence):
+        raise TypeError(f"passages must be a sequence of str, got {type(passages).__name__}")
+    for i, passage in enumerate(passages):
+        _check_text(f"passages[{i}]", passage)
+    return list(passages)
+
+
+def check_top(name: str, value: object) -> int | None:
+    """Validate a ``top_n``/``top_k`` argument: ``None`` or an int >= 1 (adapters use it too)."""
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise TypeError(f"{name} must be an int or None, got {type(value).__name__}")
+    if value < 1:
+        raise ValueError(f"{name} must be >= 1, got {value}")
+    return value

@@ -1,0 +1,131 @@
+"""Token ids of (query, passage) pairs, built exactly as FlagEmbedding's ``FlagReranker`` builds them.
+
+The reference cuts the query (no special tokens) to ``query_max_length`` and the passage to
+``max_length``, then assembles ``<s> Q </s></s> P </s>`` trimming only the passage so the pair fits
+``max_length``. We build the same ids directly from ids, with one batched call into the fast
+tokenizer for all texts, instead of the reference's per-pair Python assembly (or, under
+transformers 5, its decode-and-re-tokenize round trip, which is lossy for ``<unk>`` and empty text).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+from bge_rerank_integrations.errors import ModelLoadError
+
+if TYPE_CHECKING:
+    from tokenizers import Tokenizer
+
+__all__ = ["PairEncoder", "PairTemplate"]
+
+
+@dataclass(frozen=True)
+class PairTemplate:
+    """Special tokens around a pair: ``prefix + query + middle + passage + suffix``."""
+
+    prefix: tuple[int, ...]
+    middle: tuple[int, ...]
+    suffix: tuple[int, ...]
+
+    @property
+    def num_special_tokens(self) -> int:
+        """How many special tokens one pair adds (4 for XLM-RoBERTa)."""
+        return len(self.prefix) + len(self.middle) + len(self.suffix)
+
+    @classmethod
+    def probe(cls, tokenizer: Any) -> PairTemplate:
+        """Read the pair layout off a ``transformers`` tokenizer by encoding a probe pair.
+
+        Raises:
+            ModelLoadError: the tokenizer needs token type ids or its layout cannot be read.
+        """
+        if "token_type_ids" in getattr(tokenizer, "model_input_names", ()):
+            raise ModelLoadError(
+                "this tokenizer needs token_type_ids (a BERT-style pair layout); only "
+                "XLM-RoBERTa/RoBERTa-style cross-encoders such as BAAI/bge-reranker-v2-m3 are supported"
+            )
+        a = list(tokenizer("a", add_special_tokens=False)["input_ids"])
+        b = list(tokenizer("b", add_special_tokens=False)["input_ids"])
+        full = list(tokenizer("a", "b")["input_ids"])
+        for i in range(len(full) - len(a) + 1):
+            if full[i : i + len(a)] != a:
+                continue
+            for j in range(i + len(a), len(full) - len(b) + 1):
+                if full[j : j + len(b)] == b:
+                    return cls(
+                        prefix=tuple(full[:i]),
+                        middle=tuple(full[i + len(a) : j]),
+                        suffix=tuple(full[j + len(b) :]),
+                    )
+        raise ModelLoadError(f"cannot read the pair layout of tokenizer {type(tokenizer).__name__}")
+
+
+class PairEncoder:
+    """Turns (query, passage) texts into reference-exact input ids, thread-safely.
+
+    It owns a private copy of the fast tokenizer with truncation and padding switched off, so that
+    concurrent callers never mutate shared tokenizer state ("Already borrowed").
+    """
+
+    def __init__(
+        self,
+        tokenizer: Tokenizer,
+        template: PairTemplate,
+        *,
+        max_length: int,
+        query_max_length: int,
+    ) -> None:
+        """Wrap a ``tokenizers.Tokenizer`` (copied, so the caller's stays untouched)."""
+        from tokenizers import Tokenizer
+
+        if query_max_length + template.num_special_tokens > max_length:
+            raise ValueError(
+                f"query_max_length ({query_max_length}) plus {template.num_special_tokens} special "
+                f"tokens exceeds max_length ({max_length})"
+            )
+        own = Tokenizer.from_str(tokenizer.to_str())
+        own.no_truncation()
+        own.no_padding()
+        self._tokenizer = own
+        self.template = template
+        self.max_length = max_length
+        self.query_max_length = query_max_length
+
+    @classmethod
+    def from_transformers(cls, tokenizer: Any, *, max_length: int, query_max_length: int) -> PairEncoder:
+        """Build from a ``transformers`` fast tokenizer (``AutoTokenizer.from_pretrained``)."""
+        backend = getattr(tokenizer, "backend_tokenizer", None)
+        if backend is None:
+            raise ModelLoadError(
+                f"{type(tokenizer).__name__} is not backed by the `tokenizers` library; "
+                "a fast tokenizer (tokenizer.json) is required"
+            )
+        return cls(
+            backend,
+            PairTemplate.probe(tokenizer),
+            max_length=max_length,
+            query_max_length=query_max_length,
+        )
+
+    def encode(self, pairs: Sequence[tuple[str, str]]) -> list[list[int]]:
+        """Return the input ids of each pair, in input order."""
+        if not pairs:
+            return []
+        queries = list(dict.fromkeys(q for q, _ in pairs))  # usually one query for many passages
+        query_ids = dict(zip(queries, self._ids(queries), strict=True))
+        passage_ids = self._ids([p for _, p in pairs])
+        prefix, middle, suffix = (
+            list(t) for t in (self.template.prefix, self.template.middle, self.template.suffix)
+        )
+        room = self.max_length - self.template.num_special_tokens
+        out = []
+        for (query, _), p_ids in zip(pairs, passage_ids, strict=True):
+            q_ids = query_ids[query][: self.query_max_length]
+            out.append(prefix + q_ids + middle + p_ids[: room - len(q_ids)] + suffix)
+        return out
+
+    def _ids(self, texts: list[str]) -> list[list[int]]:
+        encodings = self._tokenizer.encode_batch_fast(texts, add_special_tokens=False)
+        return [e.ids for e in encodings]
