@@ -11,6 +11,7 @@ from __future__ import annotations
 import logging
 import threading
 from collections.abc import Sequence
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from bge_rerank_integrations.batching import padded_length, plan_batches
@@ -98,10 +99,7 @@ class LocalBackend:
             tokenizer = AutoTokenizer.from_pretrained(cfg.model, **hub_kwargs)
             model = AutoModelForSequenceClassification.from_pretrained(cfg.model, dtype=dtype, **hub_kwargs)
         except (OSError, ValueError, KeyError) as exc:  # hub, file and config errors all land here
-            first_line = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-            raise ModelLoadError(
-                f"could not load the reranker model {cfg.model!r}: {first_line}\n{_LOCAL_FOLDER_HINT}"
-            ) from None
+            raise ModelLoadError(_load_error_message(cfg.model, exc)) from None
 
         model_cfg = model.config
         if getattr(model_cfg, "num_labels", None) != 1:
@@ -175,6 +173,16 @@ class LocalBackend:
             logits = self._model(input_ids=input_ids, attention_mask=attention_mask).logits
             values: list[float] = logits[:, 0].float().cpu().tolist()
         return values
+
+
+def _load_error_message(model: str, exc: BaseException) -> str:
+    """One readable sentence about a failed load, instead of a hub traceback."""
+    looks_like_path = model.startswith((".", "/", "~")) or model.count("/") > 1 or "\\" in model
+    if looks_like_path and not Path(model).expanduser().is_dir():
+        return f"could not load the reranker model {model!r}: no such folder.\n{_LOCAL_FOLDER_HINT}"
+    text = str(exc).strip()
+    reason = text.splitlines()[0] if text else type(exc).__name__
+    return f"could not load the reranker model {model!r}: {reason}\n{_LOCAL_FOLDER_HINT}"
 
 
 def _torch_dtype(name: str, device: torch.device) -> torch.dtype:
