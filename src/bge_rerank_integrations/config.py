@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
 from typing import Literal
 
@@ -57,6 +58,8 @@ class RerankerConfig:
     trust_remote_code: bool = False
 
     def __post_init__(self) -> None:
+        if isinstance(self.model, os.PathLike):  # a pathlib.Path to a local folder is common
+            object.__setattr__(self, "model", os.fspath(self.model))
         if not isinstance(self.model, str) or not self.model:
             raise ValueError(f"model must be a non-empty model id or folder, got {self.model!r}")
         dtype = _DTYPE_ALIASES.get(str(self.dtype).removeprefix("torch.").lower())

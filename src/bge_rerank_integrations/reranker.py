@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import math
+import os
 import threading
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -53,7 +54,7 @@ class Reranker:
 
     def __init__(
         self,
-        model: str = DEFAULT_MODEL,
+        model: str | os.PathLike[str] = DEFAULT_MODEL,
         *,
         device: str | None = None,
         dtype: DType | str = "auto",
@@ -68,7 +69,7 @@ class Reranker:
     ) -> None:
         """Store the settings (see :class:`RerankerConfig`); the model loads on first use."""
         config = RerankerConfig(
-            model=model,
+            model=os.fspath(model),
             device=device,
             dtype=dtype,  # type: ignore[arg-type]  # aliases are validated and canonicalised
             max_length=max_length,
@@ -96,13 +97,13 @@ class Reranker:
         return self
 
     @classmethod
-    def shared(cls, model: str = DEFAULT_MODEL, **settings: Any) -> Reranker:
+    def shared(cls, model: str | os.PathLike[str] = DEFAULT_MODEL, **settings: Any) -> Reranker:
         """The process-wide instance for these settings, created on first request.
 
         Every adapter built with the same settings gets the same instance, so the weights are in
         memory once. Settings are compared as given: ``device=None`` and ``device="cpu"`` are two keys.
         """
-        return cls.shared_from_config(RerankerConfig(model=model, **settings))
+        return cls.shared_from_config(RerankerConfig(model=os.fspath(model), **settings))
 
     @classmethod
     def shared_from_config(cls, config: RerankerConfig) -> Reranker:

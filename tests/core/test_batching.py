@@ -1,0 +1,102 @@
+"""Batch composition never changes a score; batches respect the token budget; order comes back."""
+
+from __future__ import annotations
+
+import random
+from pathlib import Path
+
+import pytest
+import torch
+from hypothesis import given
+from hypothesis import strategies as st
+
+from bge_rerank_integrations import Reranker
+from bge_rerank_integrations.batching import padded_length, plan_batches
+
+from .texts import LONG_PASSAGE, PASSAGES, QUERIES
+
+
+@given(
+    lengths=st.lists(st.integers(min_value=1, max_value=600), max_size=300),
+    budget=st.integers(min_value=1, max_value=5000),
+    multiple=st.sampled_from([1, 8]),
+)
+def test_plan_covers_every_item_once_within_budget(lengths: list[int], budget: int, multiple: int) -> None:
+    batches = plan_batches(lengths, budget, multiple=multiple)
+    flat = [i for batch in batches for i in batch]
+    assert sorted(flat) == list(range(len(lengths)))
+    for batch in batches:
+        width = padded_length(max(lengths[i] for i in batch), multiple)
+        assert len(batch) == 1 or width * len(batch) <= budget
+    # Longest first, so similar lengths share a batch and padding stays small.
+    assert [lengths[i] for i in flat] == sorted(lengths, reverse=True)
+
+
+def test_plan_fills_batches_up_to_the_budget() -> None:
+    assert plan_batches([10, 10, 10, 10, 10], 30) == [[0, 1, 2], [3, 4]]
+    assert plan_batches([5, 50, 5, 5], 50) == [[1], [0, 2, 3]]
+
+
+def workload(n: int, seed: int = 0) -> list[tuple[str, str]]:
+    rng = random.Random(seed)
+    texts = [*PASSAGES, LONG_PASSAGE]
+    return [(rng.choice(QUERIES), rng.choice(texts)[: rng.randint(0, 400)]) for _ in range(n)]
+
+
+def test_score_does_not_depend_on_batch_neighbours_order_or_budget(model_dir: Path) -> None:
+    pairs = workload(201)
+    alone = Reranker(model_dir, device="cpu")
+    singles = [alone.score_pairs([pair])[0] for pair in pairs]
+
+    for budget in (1, 700, 16384, 10**6):
+        together = Reranker(model_dir, device="cpu", max_batch_tokens=budget).score_pairs(pairs)
+        assert together == pytest.approx(singles, abs=1e-5)
+
+    order = list(range(len(pairs)))
+    random.Random(1).shuffle(order)
+    shuffled = alone.score_pairs([pairs[i] for i in order])
+    assert [shuffled[order.index(i)] for i in range(len(pairs))] == pytest.approx(singles, abs=1e-5)
+
+
+def test_scores_come_back_in_input_order(model_dir: Path) -> None:
+    reranker = Reranker(model_dir, device="cpu", max_batch_tokens=256)
+    query = QUERIES[0]
+    forward = reranker.score(query, PASSAGES)
+    backward = reranker.score(query, PASSAGES[::-1])
+    assert backward[::-1] == pytest.approx(forward, abs=1e-5)
+    assert len(set(forward)) > len(PASSAGES) // 2  # distinct scores, so an order mix-up would show
+
+
+def test_out_of_memory_splits_the_batch_and_retries(model_dir: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    pairs = workload(40)
+    expected = Reranker(model_dir, device="cpu").score_pairs(pairs)
+
+    reranker = Reranker(model_dir, device="cpu", max_batch_tokens=10**6).load()
+    backend = reranker._backend
+    real_forward = backend._forward  # type: ignore[attr-defined]
+    seen: list[int] = []
+
+    def forward_with_small_memory(batch: list[list[int]]) -> list[float]:
+        seen.append(len(batch))
+        if len(batch) > 6:
+            raise torch.OutOfMemoryError("CUDA out of memory (injected)")
+        return real_forward(batch)
+
+    monkeypatch.setattr(backend, "_forward", forward_with_small_memory)
+    assert reranker.score_pairs(pairs) == pytest.approx(expected, abs=1e-5)
+    assert seen[0] == 40  # the whole request was tried as one batch first
+    assert max(n for n in seen[1:] if n <= 6) <= 6
+    assert sum(n for n in seen if n <= 6) == 40  # every pair ran exactly once in the end
+
+
+def test_out_of_memory_on_a_single_pair_is_raised(model_dir: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    reranker = Reranker(model_dir, device="cpu").load()
+
+    def always_out_of_memory(batch: list[list[int]]) -> list[float]:
+        raise torch.OutOfMemoryError("CUDA out of memory (injected)")
+
+    monkeypatch.setattr(reranker._backend, "_forward", always_out_of_memory)
+    with pytest.raises(torch.OutOfMemoryError):
+        reranker.score(QUERIES[0], PASSAGES[:3])
+    monkeypatch.undo()
+    assert len(reranker.score(QUERIES[0], PASSAGES[:3])) == 3  # still usable afterwards
