@@ -1,0 +1,324 @@
+"""LlamaIndex node postprocessor: rerank retrieved nodes with bge-reranker-v2-m3 on the shared core.
+
+:class:`BGERerank` drops into a query engine's ``node_postprocessors`` where ``SentenceTransformerRerank``
+or ``CohereRerank`` would go. It only reads each node's text, calls
+:class:`~bge_rerank_integrations.reranker.Reranker` and returns new nodes in score order; the caller's
+nodes are never changed. Postprocessors built with the same model settings share one loaded model.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from typing import Any
+
+try:
+    from llama_index.core.bridge.pydantic import ConfigDict, Field, PrivateAttr, field_validator
+    from llama_index.core.callbacks import CallbackManager, CBEventType, EventPayload
+
+    # The documented path; it re-exports llama-index-instrumentation's without marking it exported.
+    from llama_index.core.instrumentation import get_dispatcher  # type: ignore[attr-defined]
+    from llama_index.core.instrumentation.events.rerank import ReRankEndEvent, ReRankStartEvent
+    from llama_index.core.postprocessor.types import BaseNodePostprocessor
+    from llama_index.core.schema import BaseNode, MetadataMode, NodeWithScore, QueryBundle
+except ImportError as exc:
+    raise ImportError(
+        "bge_rerank_integrations.llamaindex needs llama-index-core: "
+        'pip install "bge-rerank-integrations[llamaindex]"'
+    ) from exc
+
+from bge_rerank_integrations.adapter_support import check_top, resolve_reranker, text_with_meta
+from bge_rerank_integrations.config import DEFAULT_MODEL, RerankerConfig
+from bge_rerank_integrations.reranker import Reranker, RerankResult
+
+__all__ = ["BGERerank"]
+
+_dispatcher = get_dispatcher(__name__)
+
+_DEFAULTS = RerankerConfig()
+
+# Where keep_retrieval_score=True keeps a node's retrieval score (the key other rerankers use).
+_RETRIEVAL_SCORE_KEY = "retrieval_score"
+
+# The RerankerConfig fields BGERerank exposes as its own. ``normalize`` is not among them: it is a
+# per-call choice, so a postprocessor wanting raw logits shares the model with one wanting 0..1.
+_SETTINGS = (
+    "model",
+    "device",
+    "dtype",
+    "max_length",
+    "query_max_length",
+    "max_batch_tokens",
+    "revision",
+    "cache_dir",
+    "local_files_only",
+    "trust_remote_code",
+)
+
+
+class BGERerank(BaseNodePostprocessor):
+    """Rerank retrieved nodes with a cross-encoder (bge-reranker-v2-m3), best first, keeping ``top_n``.
+
+    Give either model settings (``model``, ``device``, ``dtype``, ...; the defaults suit
+    bge-reranker-v2-m3) or a ready ``reranker``. Construction is cheap: the model loads on first
+    use (or on ``rerank.reranker.load()``), and postprocessors with equal settings share it.
+
+    Each node is scored on ``node.get_content(metadata_mode=metadata_mode)``, optionally after the
+    values of ``meta_fields_to_embed``. The result holds new ``NodeWithScore`` objects whose ``score`` is
+    a plain float (a sigmoid in 0..1, or the raw logit with ``normalize=False``), in score order,
+    ties in input order. Node ids and metadata are kept; input nodes are not modified.
+
+    Example:
+        >>> from bge_rerank_integrations.llamaindex import BGERerank
+        >>> rerank = BGERerank(top_n=3)  # nothing loaded yet
+        >>> engine = index.as_query_engine(similarity_top_k=20, node_postprocessors=[rerank])
+        >>> engine.query("What is a giant panda?")
+    """
+
+    model_config = ConfigDict(arbitrary_types_allowed=True, extra="forbid", validate_assignment=True)
+
+    model: str = Field(default=DEFAULT_MODEL, frozen=True, description="Model id or local folder.")
+    device: str | None = Field(
+        default=_DEFAULTS.device,
+        frozen=True,
+        description="Torch device such as 'cuda:1'; None picks cuda, then mps, then cpu.",
+    )
+    dtype: str = Field(
+        default=_DEFAULTS.dtype,
+        frozen=True,
+        description="'auto' (float16 on CUDA, float32 elsewhere), 'float32', 'float16' or 'bfloat16'.",
+    )
+    max_length: int = Field(
+        default=_DEFAULTS.max_length,
+        frozen=True,
+        description="Tokens of a whole (query, passage) pair; the passage is cut to fit.",
+    )
+    query_max_length: int = Field(
+        default=_DEFAULTS.resolved_query_max_length,
+        frozen=True,
+        description="Tokens kept of the query (default max_length * 3 // 4, as FlagEmbedding).",
+    )
+    max_batch_tokens: int = Field(
+        default=_DEFAULTS.max_batch_tokens,
+        frozen=True,
+        description="Padded tokens per forward pass (batch size times its longest pair).",
+    )
+    revision: str | None = Field(default=_DEFAULTS.revision, frozen=True, description="Hub revision.")
+    cache_dir: str | None = Field(default=_DEFAULTS.cache_dir, frozen=True, description="Hub cache.")
+    local_files_only: bool = Field(
+        default=_DEFAULTS.local_files_only, frozen=True, description="Never reach the Hub."
+    )
+    trust_remote_code: bool = Field(
+        default=_DEFAULTS.trust_remote_code,
+        frozen=True,
+        description="Run model code from the Hub (bge-reranker-v2-m3 needs none).",
+    )
+    top_n: int | None = Field(
+        default=5, description="Nodes to return, best first; None returns every node, reranked."
+    )
+    normalize: bool = Field(
+        default=True, description="Sigmoid scores in 0..1; False gives the raw relevance logits."
+    )
+    keep_retrieval_score: bool = Field(
+        default=False,
+        description="Keep each node's retrieval score in metadata['retrieval_score'] (hidden from LLM).",
+    )
+    metadata_mode: MetadataMode = Field(
+        default=MetadataMode.EMBED,
+        description="Which node metadata get_content() puts in the scored text (EMBED, as retrieval).",
+    )
+    meta_fields_to_embed: list[str] | None = Field(
+        default=None,
+        description="Metadata fields (e.g. a title) whose values go before the scored text.",
+    )
+    meta_separator: str = Field(
+        default="\n", description="Joins the meta_fields_to_embed values and the node text."
+    )
+
+    _reranker: Reranker = PrivateAttr()
+
+    def __init__(
+        self,
+        *,
+        top_n: int | None = 5,
+        model: str | None = None,
+        device: str | None = None,
+        dtype: str | None = None,
+        max_length: int | None = None,
+        query_max_length: int | None = None,
+        max_batch_tokens: int | None = None,
+        revision: str | None = None,
+        cache_dir: str | None = None,
+        local_files_only: bool | None = None,
+        trust_remote_code: bool | None = None,
+        normalize: bool = True,
+        keep_retrieval_score: bool = False,
+        metadata_mode: MetadataMode = MetadataMode.EMBED,
+        meta_fields_to_embed: Sequence[str] | None = None,
+        meta_separator: str = "\n",
+        reranker: Reranker | None = None,
+        callback_manager: CallbackManager | None = None,
+    ) -> None:
+        """Check the settings and find the (shared) core; nothing is loaded.
+
+        Model settings left ``None`` take the core's defaults (see :class:`RerankerConfig`).
+
+        Raises:
+            ValueError: ``top_n`` is below 1, a model setting is out of range, or ``reranker`` is given
+                together with model settings.
+            TypeError: ``reranker`` is not a :class:`Reranker`.
+        """
+        settings: dict[str, Any] = {
+            "model": model,
+            "device": device,
+            "dtype": dtype,
+            "max_length": max_length,
+            "query_max_length": query_max_length,
+            "max_batch_tokens": max_batch_tokens,
+            "revision": revision,
+            "cache_dir": cache_dir,
+            "local_files_only": local_files_only,
+            "trust_remote_code": trust_remote_code,
+        }
+        if reranker is not None:
+            given = [name for name, value in settings.items() if value is not None]
+            if given:
+                raise ValueError(
+                    "pass either reranker= or model settings, not both; got reranker and " + ", ".join(given)
+                )
+        core = resolve_reranker(reranker, **settings)
+        fields: dict[str, Any] = {name: getattr(core.config, name) for name in _SETTINGS}
+        fields.update(
+            top_n=top_n,
+            normalize=normalize,
+            keep_retrieval_score=keep_retrieval_score,
+            metadata_mode=metadata_mode,
+            meta_fields_to_embed=meta_fields_to_embed,  # pydantic refuses a bare str here
+            meta_separator=meta_separator,
+        )
+        if callback_manager is not None:
+            fields["callback_manager"] = callback_manager
+        super().__init__(**fields)
+        self._reranker = core
+
+    @field_validator("top_n", mode="before")
+    @classmethod
+    def _check_top_n(cls, value: object) -> int | None:
+        return check_top("top_n", value)
+
+    @classmethod
+    def class_name(cls) -> str:
+        """Name LlamaIndex uses to serialize and identify this postprocessor."""
+        return "BGERerank"
+
+    @property
+    def reranker(self) -> Reranker:
+        """The core this postprocessor scores with (shared by equal settings); ``.load()`` warms it up."""
+        return self._reranker
+
+    def _postprocess_nodes(
+        self,
+        nodes: list[NodeWithScore],
+        query_bundle: QueryBundle | None = None,
+    ) -> list[NodeWithScore]:
+        """Score ``nodes`` against the query and return the best ``top_n`` as new nodes."""
+        query, top_n = self._check_call(query_bundle)
+        with self._rerank_events(nodes, query, top_n) as out:
+            if nodes:
+                ranked = self._reranker.rank(
+                    query.query_str, self._texts(nodes), top_n=top_n, normalize=self.normalize
+                )
+                out.extend(self._rebuild(nodes, ranked))
+        return out
+
+    @_dispatcher.span
+    async def _apostprocess_nodes(
+        self,
+        nodes: list[NodeWithScore],
+        query_bundle: QueryBundle | None = None,
+    ) -> list[NodeWithScore]:
+        """:meth:`_postprocess_nodes` with the model run in a worker thread, off the event loop."""
+        query, top_n = self._check_call(query_bundle)
+        with self._rerank_events(nodes, query, top_n) as out:
+            if nodes:
+                ranked = await self._reranker.arank(
+                    query.query_str, self._texts(nodes), top_n=top_n, normalize=self.normalize
+                )
+                out.extend(self._rebuild(nodes, ranked))
+        return out
+
+    def _check_call(self, query_bundle: QueryBundle | None) -> tuple[QueryBundle, int | None]:
+        if query_bundle is None:
+            raise ValueError(
+                "BGERerank needs a query: call postprocess_nodes(nodes, query_str=...) or pass a "
+                "query_bundle (a query engine does this for you)"
+            )
+        # top_n is validated on construction and assignment; this catches model_copy(update=...).
+        return query_bundle, check_top("top_n", self.top_n)
+
+    @contextmanager
+    def _rerank_events(
+        self, nodes: list[NodeWithScore], query_bundle: QueryBundle, top_n: int | None
+    ) -> Iterator[list[NodeWithScore]]:
+        """Start and end events around the work, balanced on every path; the body fills the list."""
+        out: list[NodeWithScore] = []
+        _dispatcher.event(
+            ReRankStartEvent(
+                query=query_bundle,
+                nodes=nodes,
+                top_n=len(nodes) if top_n is None else top_n,
+                model_name=self.model,
+            )
+        )
+        try:
+            with self.callback_manager.event(
+                CBEventType.RERANKING,
+                payload={
+                    EventPayload.NODES: nodes,
+                    EventPayload.MODEL_NAME: self.model,
+                    EventPayload.QUERY_STR: query_bundle.query_str,
+                    EventPayload.TOP_K: top_n,
+                },
+            ) as event:
+                yield out
+                event.on_end(payload={EventPayload.NODES: out})
+        finally:
+            # On an error the end event carries no nodes; the error itself reaches the caller and the
+            # dispatcher span, and the callback event ends with it as its payload.
+            _dispatcher.event(ReRankEndEvent(nodes=out))
+
+    def _texts(self, nodes: list[NodeWithScore]) -> list[str]:
+        return [
+            text_with_meta(
+                n.node.get_content(metadata_mode=self.metadata_mode),
+                n.node.metadata,
+                self.meta_fields_to_embed,
+                self.meta_separator,
+            )
+            for n in nodes
+        ]
+
+    def _rebuild(self, nodes: list[NodeWithScore], ranked: list[RerankResult]) -> list[NodeWithScore]:
+        out = []
+        for result in ranked:
+            source = nodes[result.index]
+            node = source.node
+            if self.keep_retrieval_score and source.score is not None:
+                node = _with_retrieval_score(node, float(source.score))
+            out.append(NodeWithScore(node=node, score=float(result.score)))
+        return out
+
+
+def _with_retrieval_score(node: BaseNode, score: float) -> BaseNode:
+    """A shallow copy of ``node`` whose metadata also holds ``score``, kept out of LLM and embed text."""
+
+    def hidden(keys: list[str]) -> list[str]:
+        return [*keys] if _RETRIEVAL_SCORE_KEY in keys else [*keys, _RETRIEVAL_SCORE_KEY]
+
+    return node.model_copy(
+        update={
+            "metadata": {**node.metadata, _RETRIEVAL_SCORE_KEY: score},
+            "excluded_llm_metadata_keys": hidden(node.excluded_llm_metadata_keys),
+            "excluded_embed_metadata_keys": hidden(node.excluded_embed_metadata_keys),
+        }
+    )
