@@ -1,0 +1,353 @@
+"""``BGERanker``: a Haystack ranker component on the bge_rerank_integrations scoring core.
+
+The component only turns documents into text, asks the core for scores and rebuilds the documents in
+score order; tokenization, batching, devices and the sigmoid all live in the core. Components built
+with the same settings share one loaded model per process.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import logging
+import math
+import os
+from collections.abc import Sequence
+from typing import Any
+
+try:
+    from haystack import Document, component, default_from_dict, default_to_dict
+    from haystack.core.errors import SerializationError
+    from haystack.utils import ComponentDevice, Secret
+except ImportError as exc:
+    raise ImportError(
+        'BGERanker needs Haystack; install it with: pip install "bge-rerank-integrations[haystack]"'
+    ) from exc
+
+from bge_rerank_integrations.adapter_support import check_top, resolve_reranker, text_with_meta
+from bge_rerank_integrations.config import DEFAULT_MODEL, RerankerConfig
+from bge_rerank_integrations.reranker import Reranker, RerankResult
+
+__all__ = ["BGERanker"]
+
+logger = logging.getLogger(__name__)
+
+_DEFAULT_TOKEN = Secret.from_env_var(["HF_API_TOKEN", "HF_TOKEN"], strict=False)
+"""Haystack's usual token default: the first of these variables that is set (a frozen, shareable value)."""
+
+
+@component
+class BGERanker:
+    """Rerank documents against a query with bge-reranker-v2-m3 (or any one-label cross-encoder).
+
+    A drop-in for Haystack's cross-encoder rankers: same ``top_k``, ``scale_score``,
+    ``score_threshold`` and ``meta_fields_to_embed`` conventions, reference-exact scores from the
+    shared core, and one model in memory however many rankers a process builds with the same settings.
+
+    Usage example:
+
+    ```python
+    from haystack import Document
+    from haystack_integrations.components.rankers.bge_reranker import BGERanker
+
+    ranker = BGERanker(top_k=2)
+    ranker.warm_up()  # optional: run() loads the model on first use
+    docs = [Document(content="Paris is in France."), Document(content="Berlin is in Germany.")]
+    result = ranker.run(query="Which city is in Germany?", documents=docs)
+    print(result["documents"][0].content, result["documents"][0].score)
+    ```
+    """
+
+    def __init__(
+        self,
+        *,
+        model: str | os.PathLike[str] = DEFAULT_MODEL,
+        device: ComponentDevice | None = None,
+        token: Secret | None = _DEFAULT_TOKEN,
+        top_k: int = 10,
+        scale_score: bool = True,
+        score_threshold: float | None = None,
+        meta_fields_to_embed: Sequence[str] | None = None,
+        embedding_separator: str = "\n",
+        max_length: int | None = None,
+        max_batch_tokens: int | None = None,
+        dtype: str | None = None,
+        reranker: Reranker | None = None,
+    ) -> None:
+        """Store the settings; nothing is loaded until :meth:`warm_up` or the first :meth:`run`.
+
+        :param model: Hugging Face model id or local folder of the cross-encoder.
+        :param device: Device to run on; ``None`` lets the core pick cuda, then mps, then cpu (and
+            stays ``None`` when saved, so a pipeline saved on a GPU box still loads on a CPU one).
+        :param token: Hugging Face token for private models (see the note on tokens below).
+        :param top_k: Most documents to return; must be >= 1.
+        :param scale_score: ``True`` gives sigmoid scores in (0, 1); ``False`` the raw logits.
+        :param score_threshold: Keep only documents scoring at least this (after ``scale_score``).
+        :param meta_fields_to_embed: Meta fields whose values are put before the content, each
+            joined with ``embedding_separator``; missing and ``None`` values are skipped.
+        :param embedding_separator: Separator between the meta values and the content.
+        :param max_length: Tokens of a whole query-passage pair (core default 512; the model allows 8192).
+        :param max_batch_tokens: Padded tokens per forward pass (core default 16384).
+        :param dtype: ``"auto"`` (default: float16 on CUDA, float32 elsewhere), ``"float32"``,
+            ``"float16"`` or ``"bfloat16"``.
+        :param reranker: A ready core :class:`~bge_rerank_integrations.Reranker` to use instead of
+            the model settings above. A component built this way cannot be saved (``to_dict`` raises).
+        :raises ValueError: ``top_k`` < 1, a setting out of range, a device map given as ``device``,
+            or model settings given together with ``reranker``.
+        :raises TypeError: an argument of the wrong type.
+
+        Tokens: the core does not take a token yet, so a token is stored and saved but not passed
+        to the model download; ``huggingface_hub`` still reads ``HF_TOKEN`` from the environment
+        itself. ``warm_up`` logs a warning when a token resolves to anything else.
+        """
+        check_top("top_k", top_k)
+        _check_scale_score(scale_score)
+        _check_threshold(score_threshold)
+        if isinstance(meta_fields_to_embed, str):
+            raise TypeError(
+                f"meta_fields_to_embed must be a list of field names, got {meta_fields_to_embed!r}"
+            )
+        if not isinstance(embedding_separator, str):
+            raise TypeError(f"embedding_separator must be a str, got {type(embedding_separator).__name__}")
+        if device is not None and device.has_multiple_devices:
+            raise ValueError("device must be a single device: BGERanker runs on one device, got a device map")
+        if reranker is not None:
+            if not isinstance(reranker, Reranker):
+                raise TypeError(f"reranker must be a Reranker, got {type(reranker).__name__}")
+            settings = {"device": device, "dtype": dtype, "max_length": max_length}
+            settings["max_batch_tokens"] = max_batch_tokens
+            clashing = [name for name, value in settings.items() if value is not None]
+            if os.fspath(model) not in (DEFAULT_MODEL, reranker.config.model):
+                clashing.insert(0, "model")
+            if clashing:
+                raise ValueError(
+                    f"pass either reranker or model settings, not both: {', '.join(clashing)} would be "
+                    "ignored (the reranker brings its own settings)"
+                )
+            model = reranker.config.model
+
+        self.model = os.fspath(model)
+        self.device = device
+        self.token = token
+        self.top_k = top_k
+        self.scale_score = scale_score
+        self.score_threshold = score_threshold
+        self.meta_fields_to_embed = list(meta_fields_to_embed) if meta_fields_to_embed is not None else None
+        self.embedding_separator = embedding_separator
+        self.max_length = max_length
+        self.max_batch_tokens = max_batch_tokens
+        self.dtype = dtype
+        self._given_reranker = reranker
+        self._reranker: Reranker | None = reranker
+        self._token_checked = False
+        if reranker is None:
+            RerankerConfig(**self._settings())  # fail now, naming the bad setting, not at warm-up
+
+    def _settings(self) -> dict[str, Any]:
+        given = {
+            "model": self.model,
+            "device": self.device.to_torch_str() if self.device is not None else None,
+            "dtype": self.dtype,
+            "max_length": self.max_length,
+            "max_batch_tokens": self.max_batch_tokens,
+        }
+        return {name: value for name, value in given.items() if value is not None}
+
+    @property
+    def reranker(self) -> Reranker:
+        """The core reranker this component scores with: the one given, else the shared one for its settings.
+
+        Resolving it loads nothing; components with equal settings get the same instance.
+        """
+        if self._reranker is None:
+            self._reranker = resolve_reranker(None, **self._settings())
+        return self._reranker
+
+    def warm_up(self) -> None:
+        """Load the model (shared with every component built with the same settings); idempotent."""
+        self._check_token()
+        self.reranker.load()
+
+    async def warm_up_async(self) -> None:
+        """Load the model in a worker thread, so the event loop keeps running; idempotent."""
+        self._check_token()
+        reranker = self.reranker
+        if not reranker.is_loaded:
+            await asyncio.to_thread(reranker.load)
+
+    def to_dict(self) -> dict[str, Any]:
+        """Serialize the init parameters (device only if one was given; the token as its env-var names).
+
+        :raises SerializationError: the component was built with a ready ``reranker``.
+        :raises ValueError: ``token`` is a plain token (``Secret.from_token``), which Haystack never saves.
+        """
+        if self._given_reranker is not None:
+            raise SerializationError(
+                "BGERanker built with reranker=... cannot be saved: a Reranker object is not a setting a "
+                "pipeline file can hold. Build it from settings instead, e.g. "
+                f"BGERanker(model={self.model!r}, ...); rankers with equal settings still share one model."
+            )
+        return default_to_dict(
+            self,
+            model=self.model,
+            device=self.device,
+            token=self.token,
+            top_k=self.top_k,
+            scale_score=self.scale_score,
+            score_threshold=self.score_threshold,
+            meta_fields_to_embed=self.meta_fields_to_embed,
+            embedding_separator=self.embedding_separator,
+            max_length=self.max_length,
+            max_batch_tokens=self.max_batch_tokens,
+            dtype=self.dtype,
+        )
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> BGERanker:
+        """Rebuild a component from :meth:`to_dict` output (secrets and devices are restored too)."""
+        return default_from_dict(cls, data)
+
+    @component.output_types(documents=list[Document])
+    def run(
+        self,
+        query: str,
+        documents: list[Document],
+        top_k: int | None = None,
+        scale_score: bool | None = None,
+        score_threshold: float | None = None,
+    ) -> dict[str, list[Document]]:
+        """Rank ``documents`` by relevance to ``query``, best first; loads the model on first use.
+
+        Documents sharing an id are collapsed to one (the one with the highest incoming score, as
+        Haystack's rankers do). Returned documents are copies with ``score`` set to a plain float;
+        the input documents are left untouched. An empty ``documents`` returns at once, loading nothing.
+
+        :param query: The query to rank against; must be a non-empty string.
+        :param documents: Documents to rank; a document without content is ranked on its meta fields alone.
+        :param top_k: Overrides the init value when not ``None``.
+        :param scale_score: Overrides the init value when not ``None`` (``False`` counts).
+        :param score_threshold: Overrides the init value when not ``None`` (``0.0`` counts).
+        :returns: ``{"documents": [...]}``, at most ``top_k`` documents sorted by score.
+        :raises ValueError: empty query, or ``top_k`` < 1.
+        :raises TypeError: the query is missing or not a string, or an override has the wrong type.
+        """
+        request = self._request(query, documents, top_k, scale_score, score_threshold)
+        if not request.documents:
+            return {"documents": []}
+        self.warm_up()
+        results = self.reranker.rank(query, request.texts, top_n=request.top_k, normalize=request.scale_score)
+        return {"documents": request.rebuild(results)}
+
+    @component.output_types(documents=list[Document])
+    async def run_async(
+        self,
+        query: str,
+        documents: list[Document],
+        top_k: int | None = None,
+        scale_score: bool | None = None,
+        score_threshold: float | None = None,
+    ) -> dict[str, list[Document]]:
+        """:meth:`run` for async pipelines: loading and scoring run in worker threads."""
+        request = self._request(query, documents, top_k, scale_score, score_threshold)
+        if not request.documents:
+            return {"documents": []}
+        await self.warm_up_async()
+        results = await self.reranker.arank(
+            query, request.texts, top_n=request.top_k, normalize=request.scale_score
+        )
+        return {"documents": request.rebuild(results)}
+
+    def _request(
+        self,
+        query: object,
+        documents: object,
+        top_k: int | None,
+        scale_score: bool | None,
+        score_threshold: float | None,
+    ) -> _Request:
+        if not isinstance(query, str):
+            raise TypeError(f"BGERanker.run needs the query as a str, got {type(query).__name__}")
+        if not query.strip():
+            raise ValueError("BGERanker.run needs a non-empty query, got an empty or blank string")
+        if isinstance(documents, str | bytes) or not isinstance(documents, Sequence):
+            raise TypeError(f"documents must be a list of Document, got {type(documents).__name__}")
+        for i, doc in enumerate(documents):
+            if not isinstance(doc, Document):
+                raise TypeError(f"documents[{i}] must be a Document, got {type(doc).__name__}")
+        check_top("top_k", top_k)
+        _check_scale_score(scale_score, allow_none=True)
+        _check_threshold(score_threshold)
+        unique = _deduplicate(documents)
+        texts = [
+            text_with_meta(doc.content or "", doc.meta, self.meta_fields_to_embed, self.embedding_separator)
+            for doc in unique
+        ]
+        return _Request(
+            documents=unique,
+            texts=texts,
+            top_k=self.top_k if top_k is None else top_k,
+            scale_score=self.scale_score if scale_score is None else scale_score,
+            score_threshold=self.score_threshold if score_threshold is None else score_threshold,
+        )
+
+    def _check_token(self) -> None:
+        if self._token_checked:
+            return
+        self._token_checked = True
+        value = self.token.resolve_value() if self.token is not None else None
+        if value and value != os.environ.get("HF_TOKEN"):
+            logger.warning(
+                "BGERanker: the token is not passed to the model download yet; huggingface_hub uses "
+                "the HF_TOKEN environment variable (or a saved login) instead"
+            )
+
+
+@dataclasses.dataclass(frozen=True)
+class _Request:
+    """One run's validated inputs: the unique documents, their texts and the resolved overrides."""
+
+    documents: list[Document]
+    texts: list[str]
+    top_k: int
+    scale_score: bool
+    score_threshold: float | None
+
+    def rebuild(self, results: list[RerankResult]) -> list[Document]:
+        """Copies of the ranked documents with their scores, best first, above the threshold."""
+        ranked = []
+        for result in results:
+            if self.score_threshold is not None and result.score < self.score_threshold:
+                break  # results are sorted, so every later one is below the threshold too
+            doc = self.documents[result.index]
+            ranked.append(dataclasses.replace(doc, score=float(result.score), meta=dict(doc.meta)))
+        return ranked
+
+
+def _deduplicate(documents: Sequence[Document]) -> list[Document]:
+    """One document per id, in first-seen order: the highest incoming score wins, the first on ties."""
+    best: dict[str, Document] = {}
+    for doc in documents:
+        kept = best.get(doc.id)
+        if kept is None or _incoming(doc) > _incoming(kept):
+            best[doc.id] = doc
+    return list(best.values())
+
+
+def _incoming(doc: Document) -> float:
+    return doc.score if doc.score is not None else -math.inf
+
+
+def _check_scale_score(value: object, *, allow_none: bool = False) -> None:
+    if value is None and allow_none:
+        return
+    if not isinstance(value, bool):
+        raise TypeError(f"scale_score must be a bool, got {type(value).__name__}")
+
+
+def _check_threshold(value: object) -> None:
+    if value is None:
+        return
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise TypeError(f"score_threshold must be a number or None, got {type(value).__name__}")
+    if math.isnan(value):
+        raise ValueError("score_threshold must be a number, got nan")

@@ -1,0 +1,601 @@
+"""BGERanker in real Haystack pipelines, checked against the core's scores on the tiny test model."""
+
+from __future__ import annotations
+
+import copy
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+from haystack import Document, Pipeline
+from haystack.components.retrievers.in_memory import InMemoryBM25Retriever
+from haystack.core.errors import SerializationError
+from haystack.document_stores.in_memory import InMemoryDocumentStore
+from haystack.utils import ComponentDevice, Secret
+from haystack.utils.device import DeviceMap
+
+from bge_rerank_integrations import Reranker, RerankerConfig
+from bge_rerank_integrations.haystack import BGERanker
+from haystack_integrations.components.rankers.bge_reranker import BGERanker as NamespacedBGERanker
+
+REPO = Path(__file__).resolve().parents[2]
+TYPE = "haystack_integrations.components.rankers.bge_reranker.ranker.BGERanker"
+QUERY = "Which city is the capital of Germany?"
+TEXTS = [
+    "Paris is the capital of France and its most populous city.",
+    "Berlin is the capital of Germany and has about 3.7 million inhabitants.",
+    "The quick brown fox jumps over the lazy dog.",
+    "Madrid is the capital of Spain, in the centre of the peninsula.",
+    "Water boils at one hundred degrees Celsius at sea level.",
+    "Berlin ist die Hauptstadt Deutschlands.",
+    "A cross-encoder reads the query and the passage together.",
+]
+
+
+@pytest.fixture(scope="module")
+def core(model_dir: Path) -> Reranker:
+    """An unshared core reranker on the test model: the source of expected scores."""
+    return Reranker(model_dir)
+
+
+@pytest.fixture
+def docs() -> list[Document]:
+    """Documents with distinct ids, meta (falsy values included) and incoming retriever scores."""
+    return [
+        Document(content=text, meta={"n": i, "flag": False, "title": f"T{i}"}, score=0.5)
+        for i, text in enumerate(TEXTS)
+    ]
+
+
+@pytest.fixture
+def from_pretrained_calls(monkeypatch: pytest.MonkeyPatch) -> list[str]:
+    """Record every model load through transformers, without changing what it returns."""
+    from transformers import AutoModelForSequenceClassification
+
+    original = AutoModelForSequenceClassification.from_pretrained
+    calls: list[str] = []
+
+    def spy(*args: Any, **kwargs: Any) -> Any:
+        calls.append(str(args[0]) if args else str(kwargs.get("pretrained_model_name_or_path")))
+        return original(*args, **kwargs)
+
+    monkeypatch.setattr(AutoModelForSequenceClassification, "from_pretrained", spy)
+    return calls
+
+
+def expected_ranking(
+    core: Reranker, query: str, docs: list[Document], *, normalize: bool = True
+) -> list[tuple[str, float]]:
+    """``(id, score)`` best first, from the core scoring the documents' contents directly."""
+    scores = core.score(query, [d.content or "" for d in docs], normalize=normalize)
+    order = sorted(range(len(docs)), key=lambda i: -scores[i])
+    return [(docs[i].id, scores[i]) for i in order]
+
+
+def ranking(result: dict[str, list[Document]]) -> list[Any]:
+    """``(id, score)`` of a ranker's output, in order."""
+    return [(d.id, d.score) for d in result["documents"]]
+
+
+def assert_same_ranking(got: list[Any], want: list[Any]) -> None:
+    """Same ids in the same order, scores equal to within float noise."""
+    assert [i for i, _ in got] == [i for i, _ in want]
+    assert [s for _, s in got] == pytest.approx([s for _, s in want], abs=1e-6)
+
+
+# --- construction, sharing, warm-up ---------------------------------------------------------------
+
+
+def test_both_import_paths_give_the_same_class() -> None:
+    assert BGERanker is NamespacedBGERanker
+    assert f"{BGERanker.__module__}.{BGERanker.__name__}" == TYPE
+
+
+def test_nothing_loads_at_construction_and_equal_settings_share_one_model(
+    model_dir: Path, from_pretrained_calls: list[str]
+) -> None:
+    # max_batch_tokens=4321 makes these settings unique to this test, so no other test loaded them
+    first = BGERanker(model=model_dir, max_batch_tokens=4321)
+    second = BGERanker(model=str(model_dir), max_batch_tokens=4321)
+    shared = Reranker.shared_from_config(RerankerConfig(model=str(model_dir), max_batch_tokens=4321))
+    assert not shared.is_loaded
+    assert from_pretrained_calls == []
+
+    first.warm_up()
+    first.warm_up()  # idempotent
+    second.warm_up()
+    assert first.reranker is second.reranker is shared
+    assert shared.is_loaded
+    assert from_pretrained_calls == [str(model_dir)]
+
+
+def test_other_settings_get_another_model(model_dir: Path) -> None:
+    a = BGERanker(model=model_dir, max_batch_tokens=4322)
+    b = BGERanker(model=model_dir, max_batch_tokens=4323)
+    assert a.reranker is not b.reranker
+
+
+@pytest.mark.asyncio
+async def test_warm_up_async_loads_once(model_dir: Path, from_pretrained_calls: list[str]) -> None:
+    ranker = BGERanker(model=model_dir, max_batch_tokens=4324)
+    await ranker.warm_up_async()
+    await ranker.warm_up_async()
+    ranker.warm_up()
+    assert ranker.reranker.is_loaded
+    assert from_pretrained_calls == [str(model_dir)]
+
+
+def test_a_given_reranker_is_used_as_is(core: Reranker, docs: list[Document]) -> None:
+    ranker = BGERanker(reranker=core, top_k=3)
+    assert ranker.reranker is core
+    assert ranker.model == core.config.model
+    assert_same_ranking(ranking(ranker.run(QUERY, docs)), expected_ranking(core, QUERY, docs)[:3])
+
+
+@pytest.mark.parametrize(
+    ("settings", "named"),
+    [
+        ({"model": "other/model"}, "model"),
+        ({"device": ComponentDevice.from_str("cpu")}, "device"),
+        ({"dtype": "float32"}, "dtype"),
+        ({"max_length": 256}, "max_length"),
+        ({"max_batch_tokens": 1024}, "max_batch_tokens"),
+    ],
+)
+def test_a_given_reranker_refuses_model_settings(
+    core: Reranker, settings: dict[str, Any], named: str
+) -> None:
+    with pytest.raises(ValueError, match=f"either reranker or model settings.*{named}"):
+        BGERanker(reranker=core, **settings)
+
+
+def test_a_given_reranker_accepts_its_own_model_name(core: Reranker) -> None:
+    assert BGERanker(reranker=core, model=core.config.model).reranker is core
+
+
+@pytest.mark.parametrize("top_k", [0, -1])
+def test_top_k_below_one_fails_at_init(top_k: int) -> None:
+    with pytest.raises(ValueError, match=f"top_k must be >= 1, got {top_k}"):
+        BGERanker(top_k=top_k)
+
+
+@pytest.mark.parametrize(
+    ("settings", "error", "match"),
+    [
+        ({"top_k": 2.5}, TypeError, "top_k"),
+        ({"scale_score": "yes"}, TypeError, "scale_score"),
+        ({"score_threshold": "0.5"}, TypeError, "score_threshold"),
+        ({"score_threshold": float("nan")}, ValueError, "score_threshold"),
+        ({"max_length": 8}, ValueError, "max_length"),
+        ({"max_batch_tokens": 0}, ValueError, "max_batch_tokens"),
+        ({"dtype": "float8"}, ValueError, "dtype"),
+        ({"reranker": "not a reranker"}, TypeError, "reranker"),
+        ({"meta_fields_to_embed": "title"}, TypeError, "meta_fields_to_embed"),
+        ({"embedding_separator": None}, TypeError, "embedding_separator"),
+    ],
+)
+def test_bad_settings_fail_at_init_naming_the_parameter(
+    settings: dict[str, Any], error: type[Exception], match: str
+) -> None:
+    with pytest.raises(error, match=match):
+        BGERanker(**settings)
+
+
+def test_a_device_map_is_refused() -> None:
+    device = ComponentDevice.from_multiple(DeviceMap.from_dict({"layer": "cpu"}))
+    with pytest.raises(ValueError, match="single device"):
+        BGERanker(device=device)
+
+
+def test_a_token_the_core_cannot_use_is_logged_once(
+    model_dir: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    monkeypatch.setenv("MY_HF_TOKEN", "hf_private")
+    monkeypatch.delenv("HF_TOKEN", raising=False)
+    ranker = BGERanker(model=model_dir, token=Secret.from_env_var("MY_HF_TOKEN"))
+    with caplog.at_level("WARNING"):
+        ranker.warm_up()
+        ranker.warm_up()
+    assert [r.getMessage() for r in caplog.records if "token" in r.getMessage()] == [
+        "BGERanker: the token is not passed to the model download yet; huggingface_hub uses "
+        "the HF_TOKEN environment variable (or a saved login) instead"
+    ]
+    assert "hf_private" not in caplog.text
+
+
+def test_hf_token_needs_no_warning(
+    model_dir: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    monkeypatch.delenv("HF_API_TOKEN", raising=False)
+    monkeypatch.setenv("HF_TOKEN", "hf_read_by_huggingface_hub")
+    with caplog.at_level("WARNING"):
+        BGERanker(model=model_dir).warm_up()
+    assert "token" not in caplog.text
+
+
+# --- run ------------------------------------------------------------------------------------------
+
+
+def test_run_orders_by_the_core_scores(model_dir: Path, core: Reranker, docs: list[Document]) -> None:
+    before = copy.deepcopy(docs)
+    result = BGERanker(model=model_dir).run(query=QUERY, documents=docs)
+
+    assert set(result) == {"documents"}
+    out = result["documents"]
+    assert_same_ranking(ranking(result), expected_ranking(core, QUERY, docs))
+    assert len(out) == len(docs)
+    assert all(type(d.score) is float for d in out)
+    by_id = {d.id: d for d in docs}
+    for d in out:
+        original = by_id[d.id]
+        assert (d.content, d.meta) == (original.content, original.meta)
+        assert d is not original
+        assert d.meta is not original.meta
+    assert docs == before  # inputs untouched, incoming scores kept
+
+
+def test_top_k_at_init_and_at_run(model_dir: Path, core: Reranker, docs: list[Document]) -> None:
+    want = expected_ranking(core, QUERY, docs)
+    ranker = BGERanker(model=model_dir, top_k=3)
+    assert_same_ranking(ranking(ranker.run(QUERY, docs)), want[:3])
+    assert_same_ranking(ranking(ranker.run(QUERY, docs, top_k=1)), want[:1])
+    assert_same_ranking(ranking(ranker.run(QUERY, docs, top_k=100)), want)
+
+
+@pytest.mark.parametrize("top_k", [0, -3])
+def test_top_k_below_one_fails_at_run(model_dir: Path, docs: list[Document], top_k: int) -> None:
+    with pytest.raises(ValueError, match=f"top_k must be >= 1, got {top_k}"):
+        BGERanker(model=model_dir).run(QUERY, docs, top_k=top_k)
+
+
+def test_scale_score_false_gives_raw_logits(model_dir: Path, core: Reranker, docs: list[Document]) -> None:
+    logits = expected_ranking(core, QUERY, docs, normalize=False)
+    sigmoids = expected_ranking(core, QUERY, docs, normalize=True)
+    assert any(not 0 < s < 1 for _, s in logits)  # the two really differ on this model
+
+    scaled = BGERanker(model=model_dir)  # scale_score=True
+    assert_same_ranking(ranking(scaled.run(QUERY, docs, scale_score=False)), logits)  # False counts
+    raw = BGERanker(model=model_dir, scale_score=False)
+    assert_same_ranking(ranking(raw.run(QUERY, docs)), logits)
+    assert_same_ranking(ranking(raw.run(QUERY, docs, scale_score=True)), sigmoids)
+
+
+def test_score_threshold_at_init_and_zero_at_run(
+    model_dir: Path, core: Reranker, docs: list[Document]
+) -> None:
+    want = expected_ranking(core, QUERY, docs)
+    threshold = want[3][1]  # the fourth best score: keeps exactly four (scores are distinct)
+    ranker = BGERanker(model=model_dir, score_threshold=threshold)
+    assert_same_ranking(ranking(ranker.run(QUERY, docs)), want[:4])
+    # 0.0 is a real override: every sigmoid score is above it
+    assert_same_ranking(ranking(ranker.run(QUERY, docs, score_threshold=0.0)), want)
+    assert ranker.run(QUERY, docs, score_threshold=1.0)["documents"] == []
+    # threshold and top_k together: the threshold first, then at most top_k
+    assert_same_ranking(ranking(ranker.run(QUERY, docs, top_k=2)), want[:2])
+
+
+def test_score_threshold_zero_on_logits(model_dir: Path, core: Reranker, docs: list[Document]) -> None:
+    logits = expected_ranking(core, QUERY, docs, normalize=False)
+    ranker = BGERanker(model=model_dir, scale_score=False, score_threshold=-1e9)
+    got = ranker.run(QUERY, docs, score_threshold=0.0)
+    assert_same_ranking(ranking(got), [(i, s) for i, s in logits if s >= 0.0])
+
+
+def test_meta_fields_are_put_before_the_content(model_dir: Path, core: Reranker) -> None:
+    docs = [
+        Document(content="is the capital of Germany.", meta={"title": "Berlin", "year": 0}),
+        Document(content="is the capital of France.", meta={"title": "Paris", "year": None}),
+        Document(content="is a lazy dog.", meta={}),
+        Document(content=None, meta={"title": "Madrid", "year": 2024}),
+    ]
+    ranker = BGERanker(model=model_dir, meta_fields_to_embed=["title", "year"], embedding_separator=" | ")
+    # missing and None values are skipped, 0 is kept, no content scores on the meta alone
+    texts = [
+        "Berlin | 0 | is the capital of Germany.",
+        "Paris | is the capital of France.",
+        "is a lazy dog.",
+        "Madrid | 2024 | ",
+    ]
+    scores = core.score(QUERY, texts, normalize=True)
+    want = sorted(((d.id, s) for d, s in zip(docs, scores, strict=True)), key=lambda p: -p[1])
+    assert_same_ranking(ranking(ranker.run(QUERY, docs)), want)
+
+
+def test_duplicate_ids_collapse_to_the_best_incoming_score(model_dir: Path) -> None:
+    low = Document(id="same", content="Berlin is the capital of Germany.", meta={"v": 1}, score=0.1)
+    high = Document(id="same", content="Berlin is the capital of Germany.", meta={"v": 2}, score=0.9)
+    other = Document(content="Paris is the capital of France.")
+    out = BGERanker(model=model_dir).run(QUERY, [low, other, high, other])["documents"]
+    assert sorted(d.id for d in out) == sorted(["same", other.id])
+    assert next(d for d in out if d.id == "same").meta == {"v": 2}
+
+
+def test_empty_documents_return_empty_without_loading(
+    model_dir: Path, from_pretrained_calls: list[str]
+) -> None:
+    ranker = BGERanker(model=model_dir, max_batch_tokens=4325)
+    assert ranker.run(QUERY, []) == {"documents": []}
+    assert not ranker.reranker.is_loaded
+    assert from_pretrained_calls == []
+
+
+@pytest.mark.asyncio
+async def test_empty_documents_async(model_dir: Path, from_pretrained_calls: list[str]) -> None:
+    ranker = BGERanker(model=model_dir, max_batch_tokens=4326)
+    assert await ranker.run_async(QUERY, []) == {"documents": []}
+    assert from_pretrained_calls == []
+
+
+def test_missing_or_empty_query_is_a_clear_error(model_dir: Path, docs: list[Document]) -> None:
+    ranker = BGERanker(model=model_dir)
+    with pytest.raises(TypeError, match="query as a str, got NoneType"):
+        ranker.run(None, docs)  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match="non-empty query"):
+        ranker.run("  ", docs)
+    with pytest.raises(TypeError, match="query"):
+        ranker.run(documents=docs)  # type: ignore[call-arg]
+
+
+def test_a_pipeline_without_the_query_names_it(model_dir: Path, docs: list[Document]) -> None:
+    pipeline = bm25_pipeline(BGERanker(model=model_dir), docs)
+    with pytest.raises(ValueError, match="Missing mandatory input 'query' for component 'ranker'"):
+        pipeline.run({"retriever": {"query": QUERY}})
+
+
+def test_bad_documents_are_named(model_dir: Path, docs: list[Document]) -> None:
+    ranker = BGERanker(model=model_dir)
+    with pytest.raises(TypeError, match=r"documents\[1\] must be a Document, got str"):
+        ranker.run(QUERY, [docs[0], "text"])  # type: ignore[list-item]
+    with pytest.raises(TypeError, match="list of Document"):
+        ranker.run(QUERY, "text")  # type: ignore[arg-type]
+
+
+@pytest.mark.asyncio
+async def test_run_async_matches_run(model_dir: Path, docs: list[Document]) -> None:
+    ranker = BGERanker(model=model_dir, top_k=4)
+    got = await ranker.run_async(QUERY, docs, top_k=5, scale_score=False, score_threshold=-1e9)
+    assert ranking(got) == ranking(ranker.run(QUERY, docs, top_k=5, scale_score=False, score_threshold=-1e9))
+    with pytest.raises(ValueError, match="top_k must be >= 1, got 0"):
+        await ranker.run_async(QUERY, docs, top_k=0)
+
+
+def test_run_and_run_async_take_the_same_parameters() -> None:
+    import inspect
+
+    assert inspect.signature(BGERanker.run) == inspect.signature(BGERanker.run_async)
+
+
+# --- serialization --------------------------------------------------------------------------------
+
+
+def test_to_dict_defaults() -> None:
+    assert BGERanker().to_dict() == {
+        "type": TYPE,
+        "init_parameters": {
+            "model": "BAAI/bge-reranker-v2-m3",
+            "device": None,
+            "token": {"type": "env_var", "env_vars": ["HF_API_TOKEN", "HF_TOKEN"], "strict": False},
+            "top_k": 10,
+            "scale_score": True,
+            "score_threshold": None,
+            "meta_fields_to_embed": None,
+            "embedding_separator": "\n",
+            "max_length": None,
+            "max_batch_tokens": None,
+            "dtype": None,
+        },
+    }
+
+
+def test_to_dict_with_settings_and_from_dict_round_trip(model_dir: Path) -> None:
+    ranker = BGERanker(
+        model=model_dir,
+        device=ComponentDevice.from_str("cpu"),
+        token=Secret.from_env_var("MY_HF_TOKEN"),
+        top_k=3,
+        scale_score=False,
+        score_threshold=0.0,
+        meta_fields_to_embed=("title",),
+        embedding_separator=" | ",
+        max_length=256,
+        max_batch_tokens=2048,
+        dtype="bf16",
+    )
+    data = ranker.to_dict()
+    assert data == {
+        "type": TYPE,
+        "init_parameters": {
+            "model": str(model_dir),
+            "device": {"type": "single", "device": "cpu"},
+            "token": {"type": "env_var", "env_vars": ["MY_HF_TOKEN"], "strict": True},
+            "top_k": 3,
+            "scale_score": False,
+            "score_threshold": 0.0,
+            "meta_fields_to_embed": ["title"],
+            "embedding_separator": " | ",
+            "max_length": 256,
+            "max_batch_tokens": 2048,
+            "dtype": "bf16",
+        },
+    }
+    json.dumps(data)  # plain JSON
+    snapshot = copy.deepcopy(data)
+    restored = BGERanker.from_dict(data)
+    assert data == snapshot  # from_dict does not consume its input
+    assert restored.to_dict() == data
+    assert restored.device == ComponentDevice.from_str("cpu")
+    assert restored.token == Secret.from_env_var("MY_HF_TOKEN")
+
+
+def test_from_dict_keeps_no_device_as_none() -> None:
+    restored = BGERanker.from_dict(BGERanker().to_dict())
+    assert restored.device is None
+    assert restored.to_dict() == BGERanker().to_dict()
+
+
+def test_a_plain_token_cannot_be_saved() -> None:
+    with pytest.raises(ValueError, match="token"):
+        BGERanker(token=Secret.from_token("hf_secret")).to_dict()
+
+
+def test_a_given_reranker_cannot_be_saved(core: Reranker) -> None:
+    with pytest.raises(SerializationError, match="cannot be saved"):
+        BGERanker(reranker=core).to_dict()
+
+
+# --- pipelines ------------------------------------------------------------------------------------
+
+
+def bm25_pipeline(ranker: BGERanker, docs: list[Document]) -> Pipeline:
+    """InMemoryDocumentStore -> InMemoryBM25Retriever -> ``ranker``."""
+    store = InMemoryDocumentStore()
+    store.write_documents(docs)
+    pipeline = Pipeline()
+    pipeline.add_component("retriever", InMemoryBM25Retriever(document_store=store, top_k=6))
+    pipeline.add_component("ranker", ranker)
+    pipeline.connect("retriever.documents", "ranker.documents")
+    return pipeline
+
+
+def pipeline_input(top_k: int | None = None) -> dict[str, Any]:
+    """Inputs of :func:`bm25_pipeline` for ``QUERY``."""
+    ranker: dict[str, Any] = {"query": QUERY}
+    if top_k is not None:
+        ranker["top_k"] = top_k
+    return {"retriever": {"query": QUERY}, "ranker": ranker}
+
+
+def test_pipeline_run(model_dir: Path, core: Reranker, docs: list[Document]) -> None:
+    pipeline = bm25_pipeline(BGERanker(model=model_dir, top_k=4), docs)
+    result = pipeline.run(pipeline_input(), include_outputs_from={"retriever"})
+    retrieved = result["retriever"]["documents"]
+    assert len(retrieved) > 4  # so top_k=4 really cuts
+    out = result["ranker"]["documents"]
+    assert_same_ranking(ranking(result["ranker"]), expected_ranking(core, QUERY, retrieved)[:4])
+    by_id = {d.id: d for d in docs}
+    assert all(d.meta == by_id[d.id].meta and d.content == by_id[d.id].content for d in out)
+    # a second run warms up again (idempotently) and gives the same answer
+    assert ranking(pipeline.run(pipeline_input())["ranker"]) == ranking(result["ranker"])
+
+
+@pytest.mark.asyncio
+async def test_pipeline_run_async(model_dir: Path, core: Reranker, docs: list[Document]) -> None:
+    pipeline = bm25_pipeline(BGERanker(model=model_dir, top_k=4), docs)
+    result = await pipeline.run_async(pipeline_input(top_k=2), include_outputs_from={"retriever"})
+    retrieved = result["retriever"]["documents"]
+    assert_same_ranking(ranking(result["ranker"]), expected_ranking(core, QUERY, retrieved)[:2])
+
+
+_LOAD_AND_RUN = """
+import json, sys
+from haystack import Document, Pipeline
+
+payload = json.load(sys.stdin)
+pipeline = Pipeline.loads(payload["yaml"])
+store = pipeline.get_component("retriever").document_store
+store.write_documents([Document.from_dict(d) for d in payload["documents"]])
+result = pipeline.run({"retriever": {"query": payload["query"]}, "ranker": {"query": payload["query"]}})
+ranker = pipeline.get_component("ranker")
+print(json.dumps({
+    "class": f"{type(ranker).__module__}.{type(ranker).__name__}",
+    "ranked": [[d.id, d.score, d.meta] for d in result["ranker"]["documents"]],
+}))
+"""
+
+
+def fresh_python_env() -> dict[str, str]:
+    """The environment of a fresh interpreter: offline, no telemetry, no widened Haystack allowlist."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("HAYSTACK_")}
+    env |= {"HAYSTACK_TELEMETRY_ENABLED": "False", "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}
+    return env
+
+
+@pytest.mark.slow
+def test_yaml_round_trip_in_a_fresh_process(model_dir: Path, docs: list[Document]) -> None:
+    ranker = BGERanker(model=model_dir, top_k=3, meta_fields_to_embed=["title"], scale_score=False)
+    pipeline = bm25_pipeline(ranker, docs)
+    want = pipeline.run(pipeline_input())["ranker"]["documents"]
+    yaml = pipeline.dumps()
+    assert f"type: {TYPE}" in yaml
+    assert Pipeline.loads(yaml).to_dict() == pipeline.to_dict()
+
+    payload = {"yaml": yaml, "query": QUERY, "documents": [d.to_dict() for d in docs]}
+    proc = subprocess.run(
+        [sys.executable, "-c", _LOAD_AND_RUN],
+        input=json.dumps(payload),
+        capture_output=True,
+        text=True,
+        env=fresh_python_env(),
+        cwd=REPO,
+        timeout=300,
+        check=False,
+    )
+    assert proc.returncode == 0, proc.stderr
+    got = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert got["class"] == TYPE
+    assert [i for i, _, _ in got["ranked"]] == [d.id for d in want]
+    assert [s for _, s, _ in got["ranked"]] == pytest.approx([d.score for d in want], abs=1e-6)
+    assert [m for _, _, m in got["ranked"]] == [d.meta for d in want]
+
+
+@pytest.mark.slow
+def test_example_runs_offline_on_a_local_model(model_dir: Path) -> None:
+    proc = subprocess.run(
+        [sys.executable, str(REPO / "examples" / "haystack_example.py"), "--model", str(model_dir)],
+        capture_output=True,
+        text=True,
+        env=fresh_python_env(),
+        cwd=REPO,
+        timeout=300,
+        check=False,
+    )
+    assert proc.returncode == 0, proc.stderr
+    lines = proc.stdout.splitlines()
+    assert lines[0] == "query: What do giant pandas eat?"
+    assert [line.split(".", 1)[0] for line in lines[1:4]] == ["1", "2", "3"]  # --top-k default 3
+    assert lines[4] == "reloaded from YAML: same ranking = True"
+
+
+# --- imports --------------------------------------------------------------------------------------
+
+
+def run_python(code: str) -> subprocess.CompletedProcess[str]:
+    """Run ``code`` in a fresh interpreter."""
+    return subprocess.run(
+        [sys.executable, "-c", code],
+        capture_output=True,
+        text=True,
+        env=fresh_python_env(),
+        cwd=REPO,
+        timeout=120,
+        check=False,
+    )
+
+
+@pytest.mark.slow
+def test_importing_the_package_does_not_import_haystack() -> None:
+    proc = run_python("import sys, bge_rerank_integrations; print('haystack' in sys.modules)")
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.strip() == "False"
+
+
+@pytest.mark.slow
+def test_without_haystack_the_error_names_the_extra() -> None:
+    code = """
+import sys
+sys.modules["haystack"] = None  # as if Haystack were not installed
+try:
+    import bge_rerank_integrations.haystack
+except ImportError as exc:
+    print(exc)
+    print(type(exc.__cause__).__name__)
+"""
+    proc = run_python(code)
+    assert proc.returncode == 0, proc.stderr
+    message, cause = proc.stdout.strip().splitlines()
+    assert 'pip install "bge-rerank-integrations[haystack]"' in message
+    assert cause in {"ImportError", "ModuleNotFoundError"}
