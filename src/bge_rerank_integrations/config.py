@@ -58,8 +58,10 @@ class RerankerConfig:
     trust_remote_code: bool = False
 
     def __post_init__(self) -> None:
-        if isinstance(self.model, os.PathLike):  # a pathlib.Path to a local folder is common
-            object.__setattr__(self, "model", os.fspath(self.model))
+        for name in ("model", "cache_dir"):  # a pathlib.Path to a local folder is common
+            value = getattr(self, name)
+            if isinstance(value, os.PathLike):
+                object.__setattr__(self, name, os.fspath(value))
         if not isinstance(self.model, str) or not self.model:
             raise ValueError(f"model must be a non-empty model id or folder, got {self.model!r}")
         dtype = _DTYPE_ALIASES.get(str(self.dtype).removeprefix("torch.").lower())

@@ -202,7 +202,12 @@ class Reranker:
     def _score(self, pairs: list[tuple[str, str]], normalize: bool | None) -> list[float]:
         if not pairs:
             return []
-        logits = self._backend.score_pairs(pairs)
+        # Each distinct pair is scored once: duplicates (common after fusing retrievers) cost nothing
+        # and get exactly equal scores, so their ties keep input order.
+        slots: dict[tuple[str, str], int] = {}
+        positions = [slots.setdefault(pair, len(slots)) for pair in pairs]
+        unique_logits = self._backend.score_pairs(list(slots))
+        logits = [unique_logits[i] for i in positions]
         if self.config.normalize if normalize is None else normalize:
             return [sigmoid(x) for x in logits]
         return logits

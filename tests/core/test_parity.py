@@ -63,7 +63,18 @@ def test_exact_ids_of_hand_written_pairs(tokenizer) -> None:
         (ids,) = encoder.encode([(query, passage)])
         return tokenizer.convert_ids_to_tokens(ids)
 
-    assert tokens("the capital", "Paris") == ["<s>", "▁", "the", "▁capital", "</s>", "</s>", "▁P", "ar", "is", "</s>"]
+    assert tokens("the capital", "Paris") == [
+        "<s>",
+        "▁",
+        "the",
+        "▁capital",
+        "</s>",
+        "</s>",
+        "▁P",
+        "ar",
+        "is",
+        "</s>",
+    ]
     # An empty passage keeps its separators: <s> Q </s></s></s>, as prepare_for_model builds it.
     assert tokens("the capital", "") == ["<s>", "▁", "the", "▁capital", "</s>", "</s>", "</s>"]
     # The query is cut to query_max_length (6); the passage fills the rest of max_length (16).
@@ -74,7 +85,9 @@ def test_exact_ids_of_hand_written_pairs(tokenizer) -> None:
     assert tokens("x😀y", "北京") == ["<s>", "▁", "x", "<unk>", "y", "</s>", "</s>", "▁", "北", "京", "</s>"]
 
 
-@pytest.mark.parametrize(("max_length", "query_max_length"), [(512, None), (64, None), (128, 100), (1024, None)])
+@pytest.mark.parametrize(
+    ("max_length", "query_max_length"), [(512, None), (64, None), (128, 100), (1024, None)]
+)
 def test_ids_match_reference_construction(tokenizer, max_length: int, query_max_length: int | None) -> None:
     qml = query_max_length or max_length * 3 // 4
     encoder = PairEncoder.from_transformers(tokenizer, max_length=max_length, query_max_length=qml)

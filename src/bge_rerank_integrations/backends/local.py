@@ -84,7 +84,7 @@ class LocalBackend:
                 self._load()
 
     def _load(self) -> None:
-        from transformers import AutoModelForSequenceClassification, AutoTokenizer
+        from transformers import AutoConfig, AutoModelForSequenceClassification, AutoTokenizer
 
         cfg = self.config
         device = resolve_device(cfg.device)
@@ -96,12 +96,10 @@ class LocalBackend:
             "trust_remote_code": cfg.trust_remote_code,
         }
         try:
-            tokenizer = AutoTokenizer.from_pretrained(cfg.model, **hub_kwargs)
-            model = AutoModelForSequenceClassification.from_pretrained(cfg.model, dtype=dtype, **hub_kwargs)
+            # The config first: it is small, and a wrong model or max_length fails before 2 GB load.
+            model_cfg = AutoConfig.from_pretrained(cfg.model, **hub_kwargs)
         except (OSError, ValueError, KeyError) as exc:  # hub, file and config errors all land here
             raise ModelLoadError(_load_error_message(cfg.model, exc)) from None
-
-        model_cfg = model.config
         if getattr(model_cfg, "num_labels", None) != 1:
             raise ModelLoadError(
                 f"{cfg.model!r} has {model_cfg.num_labels} output labels; a reranker (cross-encoder) "
@@ -110,6 +108,13 @@ class LocalBackend:
         limit = _position_limit(model_cfg)
         if limit is not None and cfg.max_length > limit:
             raise ValueError(f"max_length={cfg.max_length} exceeds the model's limit of {limit} tokens")
+        try:
+            tokenizer = AutoTokenizer.from_pretrained(cfg.model, **hub_kwargs)
+            model = AutoModelForSequenceClassification.from_pretrained(
+                cfg.model, config=model_cfg, dtype=dtype, **hub_kwargs
+            )
+        except (OSError, ValueError, KeyError, RuntimeError) as exc:  # missing or mismatched files
+            raise ModelLoadError(_load_error_message(cfg.model, exc)) from None
 
         self._encoder = PairEncoder.from_transformers(
             tokenizer, max_length=cfg.max_length, query_max_length=cfg.resolved_query_max_length
