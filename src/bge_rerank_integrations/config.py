@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Literal
 
 __all__ = ["DEFAULT_MODEL", "DType", "RerankerConfig"]
@@ -53,6 +53,8 @@ class RerankerConfig:
     normalize: bool = False
     """Default of ``score(normalize=...)``: sigmoid of the logit instead of the raw logit."""
     revision: str | None = None
+    token: str | None = field(default=None, repr=False)
+    """Hugging Face token for private or gated models; never shown in ``repr``."""
     cache_dir: str | None = None
     local_files_only: bool = False
     trust_remote_code: bool = False

@@ -63,7 +63,8 @@ class Reranker:
         max_batch_tokens: int = 16384,
         normalize: bool = False,
         revision: str | None = None,
-        cache_dir: str | None = None,
+        token: str | None = None,
+        cache_dir: str | os.PathLike[str] | None = None,
         local_files_only: bool = False,
         trust_remote_code: bool = False,
     ) -> None:
@@ -77,7 +78,8 @@ class Reranker:
             max_batch_tokens=max_batch_tokens,
             normalize=normalize,
             revision=revision,
-            cache_dir=cache_dir,
+            token=token,
+            cache_dir=os.fspath(cache_dir) if cache_dir is not None else None,
             local_files_only=local_files_only,
             trust_remote_code=trust_remote_code,
         )

@@ -91,6 +91,7 @@ class LocalBackend:
         dtype = _torch_dtype(cfg.dtype, device)
         hub_kwargs: dict[str, Any] = {
             "revision": cfg.revision,
+            "token": cfg.token,
             "cache_dir": cfg.cache_dir,
             "local_files_only": cfg.local_files_only,
             "trust_remote_code": cfg.trust_remote_code,

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
-import logging
 import math
 import os
 from collections.abc import Sequence
@@ -30,7 +29,6 @@ from bge_rerank_integrations.reranker import Reranker, RerankResult
 
 __all__ = ["BGERanker"]
 
-logger = logging.getLogger(__name__)
 
 _DEFAULT_TOKEN = Secret.from_env_var(["HF_API_TOKEN", "HF_TOKEN"], strict=False)
 """Haystack's usual token default: the first of these variables that is set (a frozen, shareable value)."""
@@ -95,10 +93,6 @@ class BGERanker:
         :raises ValueError: ``top_k`` < 1, a setting out of range, a device map given as ``device``,
             or model settings given together with ``reranker``.
         :raises TypeError: an argument of the wrong type.
-
-        Tokens: the core does not take a token yet, so a token is stored and saved but not passed
-        to the model download; ``huggingface_hub`` still reads ``HF_TOKEN`` from the environment
-        itself. ``warm_up`` logs a warning when a token resolves to anything else.
         """
         check_top("top_k", top_k)
         _check_scale_score(scale_score)
@@ -139,7 +133,6 @@ class BGERanker:
         self.dtype = dtype
         self._given_reranker = reranker
         self._reranker: Reranker | None = reranker
-        self._token_checked = False
         if reranker is None:
             RerankerConfig(**self._settings())  # fail now, naming the bad setting, not at warm-up
 
@@ -160,17 +153,16 @@ class BGERanker:
         Resolving it loads nothing; components with equal settings get the same instance.
         """
         if self._reranker is None:
-            self._reranker = resolve_reranker(None, **self._settings())
+            token = self.token.resolve_value() if self.token is not None else None
+            self._reranker = resolve_reranker(None, token=token, **self._settings())
         return self._reranker
 
     def warm_up(self) -> None:
         """Load the model (shared with every component built with the same settings); idempotent."""
-        self._check_token()
         self.reranker.load()
 
     async def warm_up_async(self) -> None:
         """Load the model in a worker thread, so the event loop keeps running; idempotent."""
-        self._check_token()
         reranker = self.reranker
         if not reranker.is_loaded:
             await asyncio.to_thread(reranker.load)
@@ -289,17 +281,6 @@ class BGERanker:
             scale_score=self.scale_score if scale_score is None else scale_score,
             score_threshold=self.score_threshold if score_threshold is None else score_threshold,
         )
-
-    def _check_token(self) -> None:
-        if self._token_checked:
-            return
-        self._token_checked = True
-        value = self.token.resolve_value() if self.token is not None else None
-        if value and value != os.environ.get("HF_TOKEN"):
-            logger.warning(
-                "BGERanker: the token is not passed to the model download yet; huggingface_hub uses "
-                "the HF_TOKEN environment variable (or a saved login) instead"
-            )
 
 
 @dataclasses.dataclass(frozen=True)
