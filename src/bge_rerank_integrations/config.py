@@ -6,12 +6,14 @@ import os
 from dataclasses import dataclass, field
 from typing import Literal
 
-__all__ = ["DEFAULT_MODEL", "DType", "RerankerConfig"]
+__all__ = ["BACKENDS", "DEFAULT_MODEL", "BackendName", "DType", "RerankerConfig"]
 
 DEFAULT_MODEL = "BAAI/bge-reranker-v2-m3"
 """The model every entry point uses unless told otherwise."""
 
 DType = Literal["auto", "float32", "float16", "bfloat16"]
+BackendName = Literal["local", "tei", "vllm", "infinity", "cohere"]
+BACKENDS: tuple[BackendName, ...] = ("local", "tei", "vllm", "infinity", "cohere")
 
 _DTYPE_ALIASES: dict[str, DType] = {
     "auto": "auto",
@@ -58,6 +60,20 @@ class RerankerConfig:
     cache_dir: str | None = None
     local_files_only: bool = False
     trust_remote_code: bool = False
+    backend: BackendName = "local"
+    """Where scores are computed: ``"local"`` (torch in this process) or a serving engine's ``/rerank``."""
+    base_url: str | None = None
+    """Root URL of the serving engine (remote backends); Cohere defaults to its public API."""
+    api_key_env: str | None = None
+    """Name of the environment variable that holds the API key (the key itself is never stored)."""
+    request_timeout: float = 60.0
+    """Seconds before a remote request is abandoned (and retried)."""
+    max_concurrent_requests: int = 4
+    """Remote requests in flight at once for one call."""
+    max_texts_per_request: int | None = None
+    """Passages per remote request; ``None`` uses the engine's default limit (TEI: 32)."""
+    verify_tls: bool = True
+    """Verify the serving engine's TLS certificate."""
 
     def __post_init__(self) -> None:
         for name in ("model", "cache_dir"):  # a pathlib.Path to a local folder is common
@@ -82,6 +98,15 @@ class RerankerConfig:
                 f"max_length - 4 = {self.max_length - _PAIR_SPECIAL_TOKENS}, got {self.query_max_length}"
             )
         _check_int("max_batch_tokens", self.max_batch_tokens, 1)
+        if self.backend not in BACKENDS:
+            raise ValueError(f"backend must be one of {', '.join(BACKENDS)}; got {self.backend!r}")
+        if self.backend not in ("local", "cohere") and not self.base_url:
+            raise ValueError(f"backend={self.backend!r} needs base_url, the serving engine's root URL")
+        if not self.request_timeout > 0:
+            raise ValueError(f"request_timeout must be > 0 seconds, got {self.request_timeout}")
+        _check_int("max_concurrent_requests", self.max_concurrent_requests, 1)
+        if self.max_texts_per_request is not None:
+            _check_int("max_texts_per_request", self.max_texts_per_request, 1)
         if self.device is not None and (not isinstance(self.device, str) or not self.device):
             raise ValueError(f"device must be None or a device string like 'cuda:0', got {self.device!r}")
 

@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from typing import Any, ClassVar
 
 from bge_rerank_integrations.backends.base import Backend
-from bge_rerank_integrations.config import DEFAULT_MODEL, DType, RerankerConfig
+from bge_rerank_integrations.config import DEFAULT_MODEL, BackendName, DType, RerankerConfig
 
 __all__ = ["RerankResult", "Reranker", "check_top", "rank_scores", "sigmoid"]
 
@@ -67,6 +67,13 @@ class Reranker:
         cache_dir: str | os.PathLike[str] | None = None,
         local_files_only: bool = False,
         trust_remote_code: bool = False,
+        backend: BackendName = "local",
+        base_url: str | None = None,
+        api_key_env: str | None = None,
+        request_timeout: float = 60.0,
+        max_concurrent_requests: int = 4,
+        max_texts_per_request: int | None = None,
+        verify_tls: bool = True,
     ) -> None:
         """Store the settings (see :class:`RerankerConfig`); the model loads on first use."""
         config = RerankerConfig(
@@ -82,14 +89,27 @@ class Reranker:
             cache_dir=os.fspath(cache_dir) if cache_dir is not None else None,
             local_files_only=local_files_only,
             trust_remote_code=trust_remote_code,
+            backend=backend,
+            base_url=base_url,
+            api_key_env=api_key_env,
+            request_timeout=request_timeout,
+            max_concurrent_requests=max_concurrent_requests,
+            max_texts_per_request=max_texts_per_request,
+            verify_tls=verify_tls,
         )
         self._init_from_config(config)
 
     def _init_from_config(self, config: RerankerConfig) -> None:
-        from bge_rerank_integrations.backends.local import LocalBackend
-
         self.config = config
-        self._backend: Backend = LocalBackend(config)
+        self._backend: Backend
+        if config.backend == "local":
+            from bge_rerank_integrations.backends.local import LocalBackend
+
+            self._backend = LocalBackend(config)
+        else:
+            from bge_rerank_integrations.backends.remote import RemoteBackend
+
+            self._backend = RemoteBackend(config)
 
     @classmethod
     def from_config(cls, config: RerankerConfig) -> Reranker:
