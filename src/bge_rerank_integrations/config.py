@@ -54,6 +54,8 @@ class RerankerConfig:
     """Budget of a forward pass in padded tokens (batch size times its longest pair)."""
     normalize: bool = False
     """Default of ``score(normalize=...)``: sigmoid of the logit instead of the raw logit."""
+    batch_wait_ms: float = 0.0
+    """How long a batch waits for more concurrent requests; 0 batches only what is already waiting."""
     revision: str | None = None
     token: str | None = field(default=None, repr=False)
     """Hugging Face token for private or gated models; never shown in ``repr``."""
@@ -98,6 +100,8 @@ class RerankerConfig:
                 f"max_length - 4 = {self.max_length - _PAIR_SPECIAL_TOKENS}, got {self.query_max_length}"
             )
         _check_int("max_batch_tokens", self.max_batch_tokens, 1)
+        if not 0 <= self.batch_wait_ms <= 1000:
+            raise ValueError(f"batch_wait_ms must be between 0 and 1000, got {self.batch_wait_ms}")
         if self.backend not in BACKENDS:
             raise ValueError(f"backend must be one of {', '.join(BACKENDS)}; got {self.backend!r}")
         if self.backend not in ("local", "cohere") and not self.base_url:

@@ -18,6 +18,7 @@ from typing import Any, ClassVar
 
 from bge_rerank_integrations.backends.base import Backend
 from bge_rerank_integrations.config import DEFAULT_MODEL, BackendName, DType, RerankerConfig
+from bge_rerank_integrations.scheduler import BatchScheduler
 
 __all__ = ["RerankResult", "Reranker", "check_top", "rank_scores", "sigmoid"]
 
@@ -62,6 +63,7 @@ class Reranker:
         query_max_length: int | None = None,
         max_batch_tokens: int = 16384,
         normalize: bool = False,
+        batch_wait_ms: float = 0.0,
         revision: str | None = None,
         token: str | None = None,
         cache_dir: str | os.PathLike[str] | None = None,
@@ -84,6 +86,7 @@ class Reranker:
             query_max_length=query_max_length,
             max_batch_tokens=max_batch_tokens,
             normalize=normalize,
+            batch_wait_ms=batch_wait_ms,
             revision=revision,
             token=token,
             cache_dir=os.fspath(cache_dir) if cache_dir is not None else None,
@@ -110,6 +113,8 @@ class Reranker:
             from bge_rerank_integrations.backends.remote import RemoteBackend
 
             self._backend = RemoteBackend(config)
+        # Every call goes through one queue, so concurrent callers share forward passes.
+        self._scheduler = BatchScheduler([self._score_logits], max_wait=config.batch_wait_ms / 1000)
 
     @classmethod
     def from_config(cls, config: RerankerConfig) -> Reranker:
@@ -168,18 +173,7 @@ class Reranker:
 
     def score_pairs(self, pairs: Sequence[tuple[str, str]], *, normalize: bool | None = None) -> list[float]:
         """One score per ``(query, passage)`` pair, in input order."""
-        if isinstance(pairs, str | bytes) or not isinstance(pairs, Sequence):
-            raise TypeError(
-                f"pairs must be a sequence of (query, passage) tuples, got {type(pairs).__name__}"
-            )
-        checked: list[tuple[str, str]] = []
-        for i, pair in enumerate(pairs):
-            if not isinstance(pair, tuple | list) or len(pair) != 2:
-                raise TypeError(f"pairs[{i}] must be a (query, passage) pair, got {pair!r:.80}")
-            _check_text(f"pairs[{i}][0]", pair[0])
-            _check_text(f"pairs[{i}][1]", pair[1])
-            checked.append((pair[0], pair[1]))
-        return self._score(checked, normalize)
+        return self._score(_check_pairs(pairs), normalize)
 
     def rank(
         self,
@@ -200,14 +194,16 @@ class Reranker:
     async def ascore(
         self, query: str, passages: Sequence[str], *, normalize: bool | None = None
     ) -> list[float]:
-        """:meth:`score` in a worker thread, so the event loop keeps running."""
-        return await asyncio.to_thread(self.score, query, passages, normalize=normalize)
+        """:meth:`score` without blocking the event loop: the work runs on the scoring thread."""
+        _check_text("query", query)
+        texts = _check_passages(passages)
+        return await self._ascore([(query, p) for p in texts], normalize)
 
     async def ascore_pairs(
         self, pairs: Sequence[tuple[str, str]], *, normalize: bool | None = None
     ) -> list[float]:
-        """:meth:`score_pairs` in a worker thread, so the event loop keeps running."""
-        return await asyncio.to_thread(self.score_pairs, pairs, normalize=normalize)
+        """:meth:`score_pairs` without blocking the event loop."""
+        return await self._ascore(_check_pairs(pairs), normalize)
 
     async def arank(
         self,
@@ -217,19 +213,26 @@ class Reranker:
         top_n: int | None = None,
         normalize: bool | None = None,
     ) -> list[RerankResult]:
-        """:meth:`rank` in a worker thread, so the event loop keeps running."""
+        """:meth:`rank` without blocking the event loop."""
         check_top("top_n", top_n)
         return rank_scores(await self.ascore(query, passages, normalize=normalize), top_n)
+
+    def _score_logits(self, pairs: list[tuple[str, str]]) -> list[float]:
+        """The scheduler's replica: raw logits from the backend."""
+        return self._backend.score_pairs(pairs)
 
     def _score(self, pairs: list[tuple[str, str]], normalize: bool | None) -> list[float]:
         if not pairs:
             return []
-        # Each distinct pair is scored once: duplicates (common after fusing retrievers) cost nothing
-        # and get exactly equal scores, so their ties keep input order.
-        slots: dict[tuple[str, str], int] = {}
-        positions = [slots.setdefault(pair, len(slots)) for pair in pairs]
-        unique_logits = self._backend.score_pairs(list(slots))
-        logits = [unique_logits[i] for i in positions]
+        return self._finish(self._scheduler.submit(pairs).result(), normalize)
+
+    async def _ascore(self, pairs: list[tuple[str, str]], normalize: bool | None) -> list[float]:
+        if not pairs:
+            return []
+        # Cancelling the awaiting task cancels the request if its batch has not started yet.
+        return self._finish(await asyncio.wrap_future(self._scheduler.submit(pairs)), normalize)
+
+    def _finish(self, logits: list[float], normalize: bool | None) -> list[float]:
         if self.config.normalize if normalize is None else normalize:
             return [sigmoid(x) for x in logits]
         return logits
@@ -244,6 +247,19 @@ def rank_scores(scores: Sequence[float], top_n: int | None = None) -> list[Reran
 def _check_text(name: str, value: object) -> None:
     if not isinstance(value, str):
         raise TypeError(f"{name} must be a str, got {type(value).__name__}")
+
+
+def _check_pairs(pairs: object) -> list[tuple[str, str]]:
+    if isinstance(pairs, str | bytes) or not isinstance(pairs, Sequence):
+        raise TypeError(f"pairs must be a sequence of (query, passage) tuples, got {type(pairs).__name__}")
+    checked: list[tuple[str, str]] = []
+    for i, pair in enumerate(pairs):
+        if not isinstance(pair, tuple | list) or len(pair) != 2:
+            raise TypeError(f"pairs[{i}] must be a (query, passage) pair, got {pair!r:.80}")
+        _check_text(f"pairs[{i}][0]", pair[0])
+        _check_text(f"pairs[{i}][1]", pair[1])
+        checked.append((pair[0], pair[1]))
+    return checked
 
 
 def _check_passages(passages: object) -> list[str]:

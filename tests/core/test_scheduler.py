@@ -1,0 +1,165 @@
+"""Cross-request batching: shared forward passes, each caller gets exactly its own scores back."""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import pytest
+
+from bge_rerank_integrations import Reranker
+from bge_rerank_integrations.scheduler import BatchScheduler
+
+from .texts import PASSAGES, QUERIES
+
+
+class SlowFakeModel:
+    """Scores a pair as a function of its text, slowly, recording every batch it is given."""
+
+    def __init__(self, delay: float = 0.02, fail_on: str | None = None) -> None:
+        self.delay = delay
+        self.fail_on = fail_on
+        self.batches: list[list[tuple[str, str]]] = []
+        self.lock = threading.Lock()
+        self.started = threading.Event()
+
+    def __call__(self, pairs: list[tuple[str, str]]) -> list[float]:
+        with self.lock:
+            self.batches.append(list(pairs))
+        self.started.set()
+        threading.Event().wait(self.delay)
+        if self.fail_on is not None and any(self.fail_on in p for _, p in pairs):
+            raise RuntimeError(f"model broke on {self.fail_on!r}")
+        return [float(len(q) * 1000 + len(p)) for q, p in pairs]
+
+
+def expected(pairs: list[tuple[str, str]]) -> list[float]:
+    return [float(len(q) * 1000 + len(p)) for q, p in pairs]
+
+
+def requests(n: int) -> list[list[tuple[str, str]]]:
+    return [[(f"query {i}", "x" * j) for j in range(i % 7 + 1)] for i in range(n)]
+
+
+def test_concurrent_requests_share_batches_and_get_their_own_scores() -> None:
+    model = SlowFakeModel()
+    scheduler = BatchScheduler([model])
+    reqs = requests(32)
+    with ThreadPoolExecutor(max_workers=32) as pool:
+        results = list(pool.map(lambda r: scheduler.submit(r).result(timeout=30), reqs))
+    assert results == [expected(r) for r in reqs]
+    assert len(model.batches) < len(reqs) / 2  # coalesced into a few shared forward passes
+    assert sorted(p for b in model.batches for p in b) == sorted(p for r in reqs for p in r)
+
+
+def test_identical_pairs_across_requests_are_scored_once() -> None:
+    model = SlowFakeModel(delay=0.05)
+    scheduler = BatchScheduler([model])
+    blocker = scheduler.submit([("warm", "up")])
+    model.started.wait(5)
+    futures = [scheduler.submit([("q", "same"), ("q", f"own {i}")]) for i in range(5)]
+    assert [f.result(timeout=30) for f in futures] == [
+        expected([("q", "same"), ("q", f"own {i}")]) for i in range(5)
+    ]
+    blocker.result(timeout=30)
+    assert model.batches[1].count(("q", "same")) == 1
+
+
+def test_a_failing_request_fails_alone_with_its_own_error() -> None:
+    model = SlowFakeModel(delay=0.05, fail_on="poison")
+    scheduler = BatchScheduler([model])
+    blocker = scheduler.submit([("warm", "up")])
+    model.started.wait(5)
+    good = [scheduler.submit([("q", f"fine {i}")]) for i in range(4)]
+    bad = scheduler.submit([("q", "poison pill")])
+    with pytest.raises(RuntimeError, match="model broke on 'poison'"):
+        bad.result(timeout=30)
+    assert [f.result(timeout=30) for f in good] == [expected([("q", f"fine {i}")]) for i in range(4)]
+    blocker.result(timeout=30)
+    assert scheduler.submit([("q", "after")]).result(timeout=30) == expected([("q", "after")])
+
+
+def test_a_request_cancelled_before_its_batch_is_never_scored() -> None:
+    model = SlowFakeModel(delay=0.1)
+    scheduler = BatchScheduler([model])
+    blocker = scheduler.submit([("warm", "up")])
+    model.started.wait(5)
+    cancelled = scheduler.submit([("q", "cancelled")])
+    kept = scheduler.submit([("q", "kept")])
+    assert cancelled.cancel()
+    assert kept.result(timeout=30) == expected([("q", "kept")])
+    blocker.result(timeout=30)
+    assert all(("q", "cancelled") not in batch for batch in model.batches)
+
+
+def test_max_wait_gathers_a_burst_into_one_batch() -> None:
+    model = SlowFakeModel(delay=0.0)
+    scheduler = BatchScheduler([model], max_wait=0.2, max_pairs=10**6)
+    futures = [scheduler.submit([("q", str(i))]) for i in range(10)]
+    assert [f.result(timeout=30) for f in futures] == [expected([("q", str(i))]) for i in range(10)]
+    assert len(model.batches) == 1
+
+
+def test_several_replicas_share_one_queue() -> None:
+    models = [SlowFakeModel(delay=0.02), SlowFakeModel(delay=0.02)]
+    scheduler = BatchScheduler(models, max_pairs=3)
+    reqs = requests(40)
+    with ThreadPoolExecutor(max_workers=16) as pool:
+        results = list(pool.map(lambda r: scheduler.submit(r).result(timeout=30), reqs))
+    assert results == [expected(r) for r in reqs]
+    assert all(m.batches for m in models)  # both replicas did work
+
+
+# --- on the real model -------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def workload() -> list[tuple[str, list[str]]]:
+    return [(QUERIES[i % len(QUERIES)], PASSAGES[i % 5 : i % 5 + 1 + i % 9]) for i in range(50)]
+
+
+def test_threads_hammering_one_shared_core_match_serial_calls(model_dir: Path, workload) -> None:
+    reranker = Reranker(model_dir, device="cpu", max_length=128)
+    serial = [reranker.score(q, p) for q, p in workload]
+    calls = [workload[(t * 7 + k) % len(workload)] for t in range(16) for k in range(50)]
+    with ThreadPoolExecutor(max_workers=16) as pool:
+        results = list(pool.map(lambda c: reranker.score(*c), calls))
+    by_request = {id(c): s for c, s in zip(workload, serial, strict=True)}
+    for call, got in zip(calls, results, strict=True):
+        assert got == pytest.approx(by_request[id(call)], abs=1e-5, rel=1e-5)
+
+
+def test_two_hundred_asyncio_tasks_match_serial_calls(model_dir: Path, workload) -> None:
+    reranker = Reranker(model_dir, device="cpu", max_length=128)
+    serial = [reranker.score(q, p, normalize=True) for q, p in workload]
+    calls = [workload[i % len(workload)] for i in range(200)]
+
+    async def main() -> list[list[float]]:
+        return await asyncio.gather(*(reranker.ascore(q, p, normalize=True) for q, p in calls))
+
+    results = asyncio.run(main())
+    for i, got in enumerate(results):
+        assert got == pytest.approx(serial[i % len(workload)], abs=1e-6)
+
+
+def test_cancelled_and_timed_out_tasks_do_not_poison_others(model_dir: Path, workload) -> None:
+    reranker = Reranker(model_dir, device="cpu", max_length=128).load()
+    serial = [reranker.score(q, p) for q, p in workload]
+
+    async def main() -> list[object]:
+        tasks = [asyncio.create_task(reranker.ascore(q, p)) for q, p in workload]
+        for task in tasks[::3]:
+            task.cancel()
+        timed = asyncio.wait_for(reranker.ascore(QUERIES[0], PASSAGES * 50), timeout=0.001)
+        return await asyncio.gather(*tasks, timed, return_exceptions=True)
+
+    results = asyncio.run(main())
+    assert isinstance(results[-1], TimeoutError)
+    for i, got in enumerate(results[:-1]):
+        if i % 3 == 0:
+            assert isinstance(got, asyncio.CancelledError)
+        else:
+            assert got == pytest.approx(serial[i], abs=1e-5, rel=1e-5)
+    assert reranker.score(*workload[0]) == pytest.approx(serial[0], abs=1e-5, rel=1e-5)
