@@ -18,6 +18,7 @@ from typing import Any, ClassVar
 
 from bge_rerank_integrations.backends.base import Backend
 from bge_rerank_integrations.config import DEFAULT_MODEL, BackendName, DType, RerankerConfig
+from bge_rerank_integrations.errors import RerankError
 from bge_rerank_integrations.scheduler import BatchScheduler
 
 __all__ = ["RerankResult", "Reranker", "check_top", "rank_scores", "sigmoid"]
@@ -218,8 +219,15 @@ class Reranker:
         return rank_scores(await self.ascore(query, passages, normalize=normalize), top_n)
 
     def _score_logits(self, pairs: list[tuple[str, str]]) -> list[float]:
-        """The scheduler's replica: raw logits from the backend."""
-        return self._backend.score_pairs(pairs)
+        """The scheduler's replica: raw logits from the backend, refused if any is NaN."""
+        logits = self._backend.score_pairs(pairs)
+        broken = sum(1 for x in logits if math.isnan(x))
+        if broken:
+            raise RerankError(
+                f"the model returned NaN for {broken} of {len(logits)} pairs; its weights or dtype are "
+                f"broken for this input (dtype={self.config.dtype!r}: try 'bfloat16' or 'float32')"
+            )
+        return logits
 
     def _score(self, pairs: list[tuple[str, str]], normalize: bool | None) -> list[float]:
         if not pairs:

@@ -9,6 +9,7 @@ transformers 5, its decode-and-re-tokenize round trip, which is lossy for ``<unk
 
 from __future__ import annotations
 
+import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
@@ -127,5 +128,14 @@ class PairEncoder:
         return out
 
     def _ids(self, texts: list[str]) -> list[list[int]]:
-        encodings = self._tokenizer.encode_batch_fast(texts, add_special_tokens=False)
+        try:
+            encodings = self._tokenizer.encode_batch_fast(texts, add_special_tokens=False)
+        except TypeError:
+            # A lone surrogate (from broken UTF-16 or `surrogateescape` decoding) is not valid
+            # Unicode and the Rust tokenizer refuses the whole batch; score it as U+FFFD instead.
+            clean = [_LONE_SURROGATE.sub("\ufffd", t) for t in texts]
+            encodings = self._tokenizer.encode_batch_fast(clean, add_special_tokens=False)
         return [e.ids for e in encodings]
+
+
+_LONE_SURROGATE = re.compile("[\ud800-\udfff]")
