@@ -6,12 +6,13 @@ Importing this package loads neither torch nor any framework; the model loads on
 from __future__ import annotations
 
 from bge_rerank_integrations.config import DEFAULT_MODEL, RerankerConfig
-from bge_rerank_integrations.errors import ModelLoadError, RerankError
+from bge_rerank_integrations.errors import ModelLoadError, RemoteBackendError, RerankError
 from bge_rerank_integrations.reranker import Reranker, RerankResult
 
 __all__ = [
     "DEFAULT_MODEL",
     "ModelLoadError",
+    "RemoteBackendError",
     "RerankError",
     "RerankResult",
     "Reranker",
