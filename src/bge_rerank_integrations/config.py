@@ -6,12 +6,13 @@ import os
 from dataclasses import dataclass, field
 from typing import Literal
 
-__all__ = ["BACKENDS", "DEFAULT_MODEL", "BackendName", "DType", "RerankerConfig"]
+__all__ = ["BACKENDS", "DEFAULT_MODEL", "BackendName", "DType", "LongPassages", "RerankerConfig"]
 
 DEFAULT_MODEL = "BAAI/bge-reranker-v2-m3"
 """The model every entry point uses unless told otherwise."""
 
 DType = Literal["auto", "float32", "float16", "bfloat16"]
+LongPassages = Literal["truncate", "window"]
 BackendName = Literal["local", "tei", "vllm", "infinity", "cohere"]
 BACKENDS: tuple[BackendName, ...] = ("local", "tei", "vllm", "infinity", "cohere")
 
@@ -50,6 +51,14 @@ class RerankerConfig:
     """Tokens of a whole pair, special tokens included (the model allows up to 8192)."""
     query_max_length: int | None = None
     """Tokens kept of the query; ``None`` means ``max_length * 3 // 4``."""
+    long_passages: LongPassages = "truncate"
+    """``"truncate"`` (the reference's rule) or ``"window"``: score overlapping windows of a long
+    passage and keep the best, so relevant text past ``max_length`` still counts (costs one pair per
+    window)."""
+    window_overlap: int | None = None
+    """Tokens shared by consecutive windows in ``"window"`` mode; ``None`` means ``max_length // 8``."""
+    max_windows: int = 16
+    """Windows per passage at most in ``"window"`` mode (from its start); bounds the cost of huge texts."""
     max_batch_tokens: int = 16384
     """Budget of a forward pass in padded tokens (batch size times its longest pair)."""
     normalize: bool = False
@@ -100,6 +109,18 @@ class RerankerConfig:
                 f"max_length - 4 = {self.max_length - _PAIR_SPECIAL_TOKENS}, got {self.query_max_length}"
             )
         _check_int("max_batch_tokens", self.max_batch_tokens, 1)
+        if self.long_passages not in ("truncate", "window"):
+            raise ValueError(f"long_passages must be 'truncate' or 'window', got {self.long_passages!r}")
+        if self.window_overlap is None:
+            object.__setattr__(self, "window_overlap", self.max_length // 8)
+        _check_int("window_overlap", self.window_overlap, 0)
+        _check_int("max_windows", self.max_windows, 1)
+        min_room = self.max_length - _PAIR_SPECIAL_TOKENS - self.query_max_length
+        if self.long_passages == "window" and self.resolved_window_overlap >= min_room:
+            raise ValueError(
+                f"window_overlap ({self.window_overlap}) must be smaller than the passage room of a pair "
+                f"with the longest query, max_length - 4 - query_max_length = {min_room}"
+            )
         if not 0 <= self.batch_wait_ms <= 1000:
             raise ValueError(f"batch_wait_ms must be between 0 and 1000, got {self.batch_wait_ms}")
         if self.backend not in BACKENDS:
@@ -113,6 +134,12 @@ class RerankerConfig:
             _check_int("max_texts_per_request", self.max_texts_per_request, 1)
         if self.device is not None and (not isinstance(self.device, str) or not self.device):
             raise ValueError(f"device must be None or a device string like 'cuda:0', got {self.device!r}")
+
+    @property
+    def resolved_window_overlap(self) -> int:
+        """``window_overlap`` as an int (it is always set after construction)."""
+        assert self.window_overlap is not None
+        return self.window_overlap
 
     @property
     def resolved_query_max_length(self) -> int:

@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from typing import Any, ClassVar
 
 from bge_rerank_integrations.backends.base import Backend
-from bge_rerank_integrations.config import DEFAULT_MODEL, BackendName, DType, RerankerConfig
+from bge_rerank_integrations.config import DEFAULT_MODEL, BackendName, DType, LongPassages, RerankerConfig
 from bge_rerank_integrations.errors import RerankError
 from bge_rerank_integrations.scheduler import BatchScheduler
 
@@ -63,6 +63,9 @@ class Reranker:
         max_length: int = 512,
         query_max_length: int | None = None,
         max_batch_tokens: int = 16384,
+        long_passages: LongPassages = "truncate",
+        window_overlap: int | None = None,
+        max_windows: int = 16,
         normalize: bool = False,
         batch_wait_ms: float = 0.0,
         revision: str | None = None,
@@ -86,6 +89,9 @@ class Reranker:
             max_length=max_length,
             query_max_length=query_max_length,
             max_batch_tokens=max_batch_tokens,
+            long_passages=long_passages,
+            window_overlap=window_overlap,
+            max_windows=max_windows,
             normalize=normalize,
             batch_wait_ms=batch_wait_ms,
             revision=revision,

@@ -111,21 +111,49 @@ class PairEncoder:
         )
 
     def encode(self, pairs: Sequence[tuple[str, str]]) -> list[list[int]]:
-        """Return the input ids of each pair, in input order."""
+        """Return the input ids of each pair, in input order (passages truncated as the reference does)."""
+        out: list[list[int]] = []
+        for q_ids, p_ids, room in self._pieces(pairs):
+            out.append(self._assemble(q_ids, p_ids[:room]))
+        return out
+
+    def encode_windows(
+        self, pairs: Sequence[tuple[str, str]], *, overlap: int, max_windows: int
+    ) -> tuple[list[list[int]], list[int]]:
+        """Ids of overlapping passage windows, each paired with the query, and each window's pair index.
+
+        A passage that fits gives one window, identical to :meth:`encode`. A longer one is cut into
+        windows that fill the pair, consecutive windows sharing ``overlap`` tokens, at most
+        ``max_windows`` of them from the start of the passage.
+        """
+        ids: list[list[int]] = []
+        owners: list[int] = []
+        for index, (q_ids, p_ids, room) in enumerate(self._pieces(pairs)):
+            step = max(1, room - overlap)
+            starts = range(0, max(1, len(p_ids) - overlap), step) if len(p_ids) > room else range(1)
+            for start in starts[:max_windows]:
+                ids.append(self._assemble(q_ids, p_ids[start : start + room]))
+                owners.append(index)
+        return ids, owners
+
+    def _pieces(self, pairs: Sequence[tuple[str, str]]) -> list[tuple[list[int], list[int], int]]:
+        """Per pair: the cut query ids, all passage ids, and the passage room left in ``max_length``."""
         if not pairs:
             return []
         queries = list(dict.fromkeys(q for q, _ in pairs))  # usually one query for many passages
-        query_ids = dict(zip(queries, self._ids(queries), strict=True))
+        query_ids = {
+            q: ids[: self.query_max_length] for q, ids in zip(queries, self._ids(queries), strict=True)
+        }
         passage_ids = self._ids([p for _, p in pairs])
-        prefix, middle, suffix = (
-            list(t) for t in (self.template.prefix, self.template.middle, self.template.suffix)
-        )
         room = self.max_length - self.template.num_special_tokens
-        out = []
-        for (query, _), p_ids in zip(pairs, passage_ids, strict=True):
-            q_ids = query_ids[query][: self.query_max_length]
-            out.append(prefix + q_ids + middle + p_ids[: room - len(q_ids)] + suffix)
-        return out
+        return [
+            (query_ids[q], p_ids, room - len(query_ids[q]))
+            for (q, _), p_ids in zip(pairs, passage_ids, strict=True)
+        ]
+
+    def _assemble(self, q_ids: list[int], p_ids: list[int]) -> list[int]:
+        t = self.template
+        return [*t.prefix, *q_ids, *t.middle, *p_ids, *t.suffix]
 
     def _ids(self, texts: list[str]) -> list[list[int]]:
         try:

@@ -9,6 +9,7 @@ out-of-memory error splits the batch in two and retries instead of failing the c
 from __future__ import annotations
 
 import logging
+import math
 import threading
 from collections.abc import Sequence
 from pathlib import Path
@@ -135,14 +136,23 @@ class LocalBackend:
             return []
         self.load()
         assert self._encoder is not None
-        ids = self._encoder.encode(pairs)
+        cfg = self.config
+        if cfg.long_passages == "window":
+            ids, owners = self._encoder.encode_windows(
+                pairs, overlap=cfg.resolved_window_overlap, max_windows=cfg.max_windows
+            )
+        else:
+            ids, owners = self._encoder.encode(pairs), None
         scores: list[float] = [0.0] * len(ids)
-        for batch in plan_batches(
-            [len(x) for x in ids], self.config.max_batch_tokens, multiple=self._multiple
-        ):
+        for batch in plan_batches([len(x) for x in ids], cfg.max_batch_tokens, multiple=self._multiple):
             for i, score in zip(batch, self._run_splitting([ids[i] for i in batch]), strict=True):
                 scores[i] = score
-        return scores
+        if owners is None:
+            return scores
+        best = [-math.inf] * len(pairs)  # a passage scores as its most relevant window
+        for owner, score in zip(owners, scores, strict=True):
+            best[owner] = max(best[owner], score)
+        return best
 
     def _run_splitting(self, batch: list[list[int]]) -> list[float]:
         """Forward ``batch``; on out-of-memory, halve it and retry each half."""
