@@ -43,8 +43,9 @@ class RerankerConfig:
 
     model: str = DEFAULT_MODEL
     """Hub model id or local folder."""
-    device: str | None = None
-    """``None`` picks cuda, then mps, then cpu; an explicit ``"cuda:1"`` is honoured."""
+    device: str | tuple[str, ...] | None = None
+    """``None`` picks cuda, then mps, then cpu; an explicit ``"cuda:1"`` is honoured; a list of devices
+    runs one replica per device, all fed by the same batching queue."""
     dtype: DType = "auto"
     """``"auto"`` is float16 on CUDA and float32 elsewhere; ``"bfloat16"`` is selectable."""
     max_length: int = 512
@@ -132,8 +133,24 @@ class RerankerConfig:
         _check_int("max_concurrent_requests", self.max_concurrent_requests, 1)
         if self.max_texts_per_request is not None:
             _check_int("max_texts_per_request", self.max_texts_per_request, 1)
-        if self.device is not None and (not isinstance(self.device, str) or not self.device):
-            raise ValueError(f"device must be None or a device string like 'cuda:0', got {self.device!r}")
+        if isinstance(self.device, list | tuple):
+            object.__setattr__(self, "device", tuple(self.device))  # hashable, so it can key sharing
+        devices = self.device if isinstance(self.device, tuple) else (self.device,)
+        if (
+            self.device == ()
+            or not all(d is None or (isinstance(d, str) and d) for d in devices)
+            or (len(devices) > 1 and None in devices)
+        ):
+            raise ValueError(
+                f"device must be None, a device string like 'cuda:0' or a list of them, got {self.device!r}"
+            )
+        if len(devices) > 1 and self.backend != "local":
+            raise ValueError("a list of devices needs backend='local'")
+
+    @property
+    def devices(self) -> tuple[str | None, ...]:
+        """One entry per model replica (``(None,)`` lets the backend choose)."""
+        return self.device if isinstance(self.device, tuple) else (self.device,)
 
     @property
     def resolved_window_overlap(self) -> int:

@@ -9,6 +9,7 @@ which is how the framework adapters share a single loaded model.
 from __future__ import annotations
 
 import asyncio
+import functools
 import math
 import os
 import threading
@@ -58,7 +59,7 @@ class Reranker:
         self,
         model: str | os.PathLike[str] = DEFAULT_MODEL,
         *,
-        device: str | None = None,
+        device: str | Sequence[str] | None = None,
         dtype: DType | str = "auto",
         max_length: int = 512,
         query_max_length: int | None = None,
@@ -84,7 +85,7 @@ class Reranker:
         """Store the settings (see :class:`RerankerConfig`); the model loads on first use."""
         config = RerankerConfig(
             model=os.fspath(model),
-            device=device,
+            device=device if device is None or isinstance(device, str) else tuple(device),
             dtype=dtype,  # type: ignore[arg-type]  # aliases are validated and canonicalised
             max_length=max_length,
             query_max_length=query_max_length,
@@ -111,17 +112,26 @@ class Reranker:
 
     def _init_from_config(self, config: RerankerConfig) -> None:
         self.config = config
-        self._backend: Backend
+        self._backends: list[Backend]
         if config.backend == "local":
             from bge_rerank_integrations.backends.local import LocalBackend
 
-            self._backend = LocalBackend(config)
+            self._backends = [LocalBackend(config, device) for device in config.devices]
         else:
             from bge_rerank_integrations.backends.remote import RemoteBackend
 
-            self._backend = RemoteBackend(config)
-        # Every call goes through one queue, so concurrent callers share forward passes.
-        self._scheduler = BatchScheduler([self._score_logits], max_wait=config.batch_wait_ms / 1000)
+            self._backends = [RemoteBackend(config)]
+        # Every call goes through one queue, so concurrent callers share forward passes; with several
+        # devices each replica's worker takes the next batch when it is free.
+        self._scheduler = BatchScheduler(
+            [functools.partial(self._score_logits, backend) for backend in self._backends],
+            max_wait=config.batch_wait_ms / 1000,
+        )
+
+    @property
+    def _backend(self) -> Backend:
+        """The first (usually the only) replica."""
+        return self._backends[0]
 
     @classmethod
     def from_config(cls, config: RerankerConfig) -> Reranker:
@@ -154,7 +164,7 @@ class Reranker:
     @property
     def is_loaded(self) -> bool:
         """Whether the model is in memory."""
-        return self._backend.is_loaded
+        return all(backend.is_loaded for backend in self._backends)
 
     def load(self) -> Reranker:
         """Load the model now (a warm-up); idempotent. Returns ``self``.
@@ -162,7 +172,8 @@ class Reranker:
         Raises:
             ModelLoadError: the model cannot be found or is not a one-label cross-encoder.
         """
-        self._backend.load()
+        for backend in self._backends:
+            backend.load()
         return self
 
     def score(self, query: str, passages: Sequence[str], *, normalize: bool | None = None) -> list[float]:
@@ -224,9 +235,9 @@ class Reranker:
         check_top("top_n", top_n)
         return rank_scores(await self.ascore(query, passages, normalize=normalize), top_n)
 
-    def _score_logits(self, pairs: list[tuple[str, str]]) -> list[float]:
-        """The scheduler's replica: raw logits from the backend, refused if any is NaN."""
-        logits = self._backend.score_pairs(pairs)
+    def _score_logits(self, backend: Backend, pairs: list[tuple[str, str]]) -> list[float]:
+        """One scheduler replica: raw logits from ``backend``, refused if any is NaN."""
+        logits = backend.score_pairs(pairs)
         broken = sum(1 for x in logits if math.isnan(x))
         if broken:
             raise RerankError(

@@ -141,7 +141,7 @@ def test_two_hundred_asyncio_tasks_match_serial_calls(model_dir: Path, workload)
 
     results = asyncio.run(main())
     for i, got in enumerate(results):
-        assert got == pytest.approx(serial[i % len(workload)], abs=1e-6)
+        assert got == pytest.approx(serial[i % len(workload)], abs=1e-5)
 
 
 def test_cancelled_and_timed_out_tasks_do_not_poison_others(model_dir: Path, workload) -> None:
@@ -163,3 +163,17 @@ def test_cancelled_and_timed_out_tasks_do_not_poison_others(model_dir: Path, wor
         else:
             assert got == pytest.approx(serial[i], abs=1e-5, rel=1e-5)
     assert reranker.score(*workload[0]) == pytest.approx(serial[0], abs=1e-5, rel=1e-5)
+
+
+def test_a_list_of_devices_runs_one_replica_per_device(model_dir: Path, workload) -> None:
+    single = Reranker(model_dir, device="cpu", max_length=128)
+    replicated = Reranker(model_dir, device=["cpu", "cpu"], max_length=128, max_batch_tokens=512)
+    assert replicated.config.device == ("cpu", "cpu")
+    assert not replicated.is_loaded
+    calls = [workload[i % len(workload)] for i in range(60)]
+    with ThreadPoolExecutor(max_workers=12) as pool:
+        results = list(pool.map(lambda c: replicated.score(*c), calls))
+    assert len(replicated._backends) == 2
+    assert replicated.is_loaded  # each replica loads on its first batch: both took work
+    for call, got in zip(calls, results, strict=True):
+        assert got == pytest.approx(single.score(*call), abs=1e-5, rel=1e-5)

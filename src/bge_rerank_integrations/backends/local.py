@@ -53,9 +53,13 @@ def resolve_device(device: str | None) -> torch.device:
 class LocalBackend:
     """Loads the model with ``transformers`` on first use and scores pairs on one device."""
 
-    def __init__(self, config: RerankerConfig) -> None:
-        """Store the settings; nothing is loaded until :meth:`load` or the first score."""
+    def __init__(self, config: RerankerConfig, device: str | None = None) -> None:
+        """Store the settings; nothing is loaded until :meth:`load` or the first score.
+
+        ``device`` picks this replica's device when ``config.device`` lists several.
+        """
         self.config = config
+        self._device_name = device if device is not None else _single_device(config.device)
         self._load_lock = threading.Lock()
         self._device_lock = threading.Lock()  # one forward pass at a time on the device
         self._model: Any = None
@@ -88,7 +92,7 @@ class LocalBackend:
         from transformers import AutoConfig, AutoModelForSequenceClassification, AutoTokenizer
 
         cfg = self.config
-        device = resolve_device(cfg.device)
+        device = resolve_device(self._device_name)
         dtype = _torch_dtype(cfg.dtype, device)
         hub_kwargs: dict[str, Any] = {
             "revision": cfg.revision,
@@ -189,6 +193,14 @@ class LocalBackend:
             logits = self._model(input_ids=input_ids, attention_mask=attention_mask).logits
             values: list[float] = logits[:, 0].float().cpu().tolist()
         return values
+
+
+def _single_device(device: str | tuple[str, ...] | None) -> str | None:
+    if isinstance(device, tuple):
+        if len(device) != 1:
+            raise ValueError("LocalBackend runs on one device: pass the replica's device explicitly")
+        return device[0]
+    return device
 
 
 def _load_error_message(model: str, exc: BaseException) -> str:
