@@ -82,3 +82,18 @@ def test_missing_model_exits_1_with_one_line_of_advice(tmp_path: Path) -> None:
 def test_bad_arguments_exit_2(model_dir: Path, capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["query", QUERY, "p", "--model", str(model_dir), "--top-n", "0"]) == 2
     assert "top_n must be >= 1, got 0" in capsys.readouterr().err
+
+
+def test_model_options_reach_the_core(model_dir: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    long_passage = "Water boils at 100 degrees. " * 60 + PASSAGES[0]
+    args = ["query", QUERY, long_passage, PASSAGES[1], "--model", str(model_dir), "--raw"]
+    assert main([*args, "--device", "cpu,cpu", "--max-length", "64", "--long-passages", "window"]) == 0
+    windowed = Reranker(model_dir, device="cpu", max_length=64, long_passages="window")
+    expected = windowed.rank(QUERY, [long_passage, PASSAGES[1]])
+    lines = capsys.readouterr().out.splitlines()
+    assert [f"{r.score:9.4f}" in line for r, line in zip(expected, lines, strict=True)] == [True, True]
+
+
+def test_a_remote_backend_without_url_is_a_clear_error(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["query", QUERY, "p", "--backend", "tei"]) == 2
+    assert "backend='tei' needs base_url" in capsys.readouterr().err

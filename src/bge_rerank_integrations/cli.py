@@ -16,7 +16,7 @@ import sys
 from collections.abc import Iterator, Sequence
 from typing import IO, Any
 
-from bge_rerank_integrations.config import DEFAULT_MODEL
+from bge_rerank_integrations.config import BACKENDS, DEFAULT_MODEL
 from bge_rerank_integrations.errors import ModelLoadError
 from bge_rerank_integrations.reranker import Reranker
 
@@ -30,7 +30,9 @@ def _model_options(parser: argparse.ArgumentParser) -> None:
         "--model", default=DEFAULT_MODEL, help=f"model id or local folder (default: {DEFAULT_MODEL})"
     )
     parser.add_argument(
-        "--device", default=None, help="cuda, cuda:1, mps or cpu (default: the best available)"
+        "--device",
+        default=None,
+        help="cuda, cuda:1, mps or cpu (default: the best available); cuda:0,cuda:1 runs a replica on each",
     )
     parser.add_argument(
         "--dtype", default="auto", help="auto (fp16 on CUDA, fp32 elsewhere), float32, float16, bfloat16"
@@ -39,6 +41,15 @@ def _model_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--max-batch-tokens", type=int, default=16384, help="padded tokens per forward pass")
     parser.add_argument("--top-n", type=int, default=None, help="keep only the best N passages")
     parser.add_argument("--raw", action="store_true", help="raw logits instead of sigmoid scores in 0..1")
+    parser.add_argument(
+        "--long-passages",
+        choices=["truncate", "window"],
+        default="truncate",
+        help="window: score overlapping windows of long passages and keep the best (slower)",
+    )
+    parser.add_argument("--backend", choices=list(BACKENDS), default="local", help="where to score")
+    parser.add_argument("--base-url", default=None, help="serving engine URL (remote backends)")
+    parser.add_argument("--api-key-env", default=None, help="environment variable holding the API key")
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -65,13 +76,18 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def _reranker(args: argparse.Namespace) -> Reranker:
+    device = args.device.split(",") if args.device and "," in args.device else args.device
     return Reranker(
         args.model,
-        device=args.device,
+        device=device,
         dtype=args.dtype,
         max_length=args.max_length,
         max_batch_tokens=args.max_batch_tokens,
         normalize=not args.raw,
+        long_passages=args.long_passages,
+        backend=args.backend,
+        base_url=args.base_url,
+        api_key_env=args.api_key_env,
     )
 
 
