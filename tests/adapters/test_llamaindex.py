@@ -251,7 +251,7 @@ def test_a_ready_reranker_is_used_as_is(model: str) -> None:
 
 
 def test_a_reranker_and_model_settings_together_are_refused(model: str) -> None:
-    with pytest.raises(ValueError, match=r"either reranker= or model settings.*max_length"):
+    with pytest.raises(ValueError, match=r"either reranker or model settings.*max_length"):
         BGERerank(reranker=Reranker(model), max_length=256)
     with pytest.raises(TypeError, match="reranker must be a Reranker, got str"):
         BGERerank(reranker=model)  # type: ignore[arg-type]
@@ -333,6 +333,12 @@ class ConstantReranker(Reranker):
     def score(self, query: str, passages: Sequence[str], *, normalize: bool | None = None) -> list[float]:
         """0.5 for every passage, in input order."""
         return [0.5] * len(passages)
+
+    async def ascore(
+        self, query: str, passages: Sequence[str], *, normalize: bool | None = None
+    ) -> list[float]:
+        """:meth:`score`, for the async path (the core's ``arank`` awaits ``ascore``)."""
+        return self.score(query, passages, normalize=normalize)
 
 
 @pytest.mark.asyncio
