@@ -8,7 +8,6 @@ rebuild the documents; adapters built with the same model settings share one loa
 
 from __future__ import annotations
 
-import os
 from collections.abc import Sequence
 from typing import Any
 
@@ -23,47 +22,51 @@ except ImportError as exc:
         'pip install "bge-rerank-integrations[langchain]"'
     ) from exc
 
-from bge_rerank_integrations.adapter_support import check_top, resolve_reranker, text_with_meta
-from bge_rerank_integrations.config import DEFAULT_MODEL, DType, RerankerConfig
+from bge_rerank_integrations.adapter_support import (
+    MODEL_SETTINGS,
+    adapter_reranker,
+    check_top,
+    text_with_meta,
+)
+from bge_rerank_integrations.config import DEFAULT_MODEL, BackendName, DType, LongPassages, RerankerConfig
 from bge_rerank_integrations.reranker import Reranker, rank_scores
 
 __all__ = ["BGECrossEncoder", "BGERerankCompressor"]
 
 _DEFAULTS = RerankerConfig()
 
-# The RerankerConfig fields an adapter exposes as its own (``normalize`` is a per-call choice instead,
-# so a compressor wanting raw logits shares the model with one wanting 0..1 scores).
-_SETTINGS = (
-    "model",
-    "device",
-    "dtype",
-    "max_length",
-    "query_max_length",
-    "max_batch_tokens",
-    "revision",
-    "cache_dir",
-    "local_files_only",
-    "trust_remote_code",
-)
-
 
 class _BGESettings(BaseModel):
-    """Model settings shared by both adapters, resolved to one (process-wide shared) core reranker."""
+    """Model settings shared by both adapters, resolved to one (process-wide shared) core reranker.
 
-    model_config = ConfigDict(arbitrary_types_allowed=True, extra="forbid")
+    The fields are the core's :data:`~bge_rerank_integrations.adapter_support.MODEL_SETTINGS`, with
+    the core's defaults; ``normalize`` is this adapter's own, per-call choice.
+    """
+
+    model_config = ConfigDict(arbitrary_types_allowed=True, extra="forbid", use_attribute_docstrings=True)
 
     model: str = Field(default=DEFAULT_MODEL, frozen=True)
-    """Hugging Face model id or local folder of the cross-encoder."""
-    device: str | None = Field(default=_DEFAULTS.device, frozen=True)
-    """Torch device such as ``"cuda:1"``; ``None`` picks cuda, then mps, then cpu."""
+    """Hugging Face model id or local folder of the cross-encoder (the model name a server serves)."""
+    device: str | tuple[str, ...] | None = Field(default=None, frozen=True)
+    """Torch device such as ``"cuda:1"``; ``None`` picks cuda, then mps, then cpu; a list of devices
+    runs one model replica per device, fed by the same batching queue."""
     dtype: DType = Field(default=_DEFAULTS.dtype, frozen=True)
     """``"auto"`` (float16 on CUDA, float32 elsewhere), ``"float32"``, ``"float16"`` or ``"bfloat16"``."""
     max_length: int = Field(default=_DEFAULTS.max_length, frozen=True)
     """Tokens of a whole (query, passage) pair, special tokens included; longer passages are cut."""
     query_max_length: int | None = Field(default=None, frozen=True)
     """Tokens kept of the query; ``None`` means ``max_length * 3 // 4``, as the reference does."""
+    long_passages: LongPassages = Field(default=_DEFAULTS.long_passages, frozen=True)
+    """``"truncate"`` (the reference's rule) or ``"window"``: score overlapping windows of a long
+    passage and keep the best, so text past ``max_length`` counts (one pair per window)."""
+    window_overlap: int | None = Field(default=None, frozen=True)
+    """Tokens shared by consecutive windows in ``"window"`` mode; ``None`` means ``max_length // 8``."""
+    max_windows: int = Field(default=_DEFAULTS.max_windows, frozen=True)
+    """Windows per passage at most in ``"window"`` mode, from its start."""
     max_batch_tokens: int = Field(default=_DEFAULTS.max_batch_tokens, frozen=True)
     """Padded tokens per forward pass (batch size times its longest pair): lower it if memory is short."""
+    batch_wait_ms: float = Field(default=_DEFAULTS.batch_wait_ms, frozen=True)
+    """How long a batch waits for more concurrent requests (0 batches only what is already waiting)."""
     revision: str | None = Field(default=_DEFAULTS.revision, frozen=True)
     """Hub revision (branch, tag or commit) of ``model``."""
     cache_dir: str | None = Field(default=_DEFAULTS.cache_dir, frozen=True)
@@ -72,6 +75,21 @@ class _BGESettings(BaseModel):
     """Load only from the local cache or folder, never from the Hub."""
     trust_remote_code: bool = Field(default=_DEFAULTS.trust_remote_code, frozen=True)
     """Allow model code from the Hub (not needed for bge-reranker-v2-m3)."""
+    backend: BackendName = Field(default=_DEFAULTS.backend, frozen=True)
+    """``"local"`` (torch in this process) or a serving engine's ``/rerank``: ``"tei"``, ``"vllm"``,
+    ``"infinity"`` or ``"cohere"``."""
+    base_url: str | None = Field(default=_DEFAULTS.base_url, frozen=True)
+    """Root URL of the serving engine (needed by every remote backend but ``"cohere"``)."""
+    api_key_env: str | None = Field(default=_DEFAULTS.api_key_env, frozen=True)
+    """Name of the environment variable holding the serving engine's API key (never the key itself)."""
+    request_timeout: float = Field(default=_DEFAULTS.request_timeout, frozen=True)
+    """Seconds before a remote request is abandoned (and retried)."""
+    max_concurrent_requests: int = Field(default=_DEFAULTS.max_concurrent_requests, frozen=True)
+    """Remote requests in flight at once for one call."""
+    max_texts_per_request: int | None = Field(default=_DEFAULTS.max_texts_per_request, frozen=True)
+    """Passages per remote request; ``None`` uses the engine's default limit (TEI: 32)."""
+    verify_tls: bool = Field(default=_DEFAULTS.verify_tls, frozen=True)
+    """Verify the serving engine's TLS certificate."""
     normalize: bool = True
     """Scores as the sigmoid of the logit, in 0..1 (default); ``False`` gives the raw logits."""
 
@@ -91,18 +109,8 @@ class _BGESettings(BaseModel):
             ValueError: a setting is out of range, or both ``reranker`` and model settings are given.
             TypeError: ``reranker`` is not a :class:`Reranker`, or a setting has the wrong type.
         """
-        given = {
-            name: os.fspath(value) if isinstance(value, os.PathLike) else value
-            for name in _SETTINGS
-            if (value := data.pop(name, None)) is not None
-        }
-        if reranker is not None and given:
-            raise ValueError(
-                "pass either reranker or model settings, not both: got reranker and "
-                + ", ".join(sorted(given))
-            )
-        core = resolve_reranker(reranker, **given)
-        super().__init__(**data, **{name: getattr(core.config, name) for name in _SETTINGS})
+        core = adapter_reranker({name: data.pop(name, None) for name in MODEL_SETTINGS}, reranker)
+        super().__init__(**data, **{name: getattr(core.config, name) for name in MODEL_SETTINGS})
         self._reranker = core
 
     @property
@@ -115,7 +123,9 @@ class BGERerankCompressor(_BGESettings, BaseDocumentCompressor):
     """Rerank retrieved documents with bge-reranker-v2-m3 and keep the best ``top_n``.
 
     Returns new documents, best first, each with its ``id``, a copy of its metadata and
-    ``metadata["relevance_score"]``; the caller's documents are left untouched.
+    ``metadata["relevance_score"]``; the caller's documents are left untouched. With
+    ``backend="tei"`` (or ``"vllm"``, ``"infinity"``, ``"cohere"``) and ``base_url``, the scores come
+    from a serving engine's ``/rerank`` instead, on the same scale.
 
     Example:
         >>> from langchain_classic.retrievers import ContextualCompressionRetriever
@@ -125,6 +135,7 @@ class BGERerankCompressor(_BGESettings, BaseDocumentCompressor):
         ... )
         >>> retriever.invoke("what is a panda?")[0].metadata["relevance_score"]
         0.998
+        >>> remote = BGERerankCompressor(top_n=3, backend="tei", base_url="http://tei:8080")
     """
 
     top_n: int | None = 3

@@ -27,8 +27,13 @@ except ImportError as exc:
         'pip install "bge-rerank-integrations[llamaindex]"'
     ) from exc
 
-from bge_rerank_integrations.adapter_support import check_top, resolve_reranker, text_with_meta
-from bge_rerank_integrations.config import DEFAULT_MODEL, RerankerConfig
+from bge_rerank_integrations.adapter_support import (
+    MODEL_SETTINGS,
+    adapter_reranker,
+    check_top,
+    text_with_meta,
+)
+from bge_rerank_integrations.config import DEFAULT_MODEL, BackendName, LongPassages, RerankerConfig
 from bge_rerank_integrations.reranker import Reranker, RerankResult
 
 __all__ = ["BGERerank"]
@@ -40,28 +45,15 @@ _DEFAULTS = RerankerConfig()
 # Where keep_retrieval_score=True keeps a node's retrieval score (the key other rerankers use).
 _RETRIEVAL_SCORE_KEY = "retrieval_score"
 
-# The RerankerConfig fields BGERerank exposes as its own. ``normalize`` is not among them: it is a
-# per-call choice, so a postprocessor wanting raw logits shares the model with one wanting 0..1.
-_SETTINGS = (
-    "model",
-    "device",
-    "dtype",
-    "max_length",
-    "query_max_length",
-    "max_batch_tokens",
-    "revision",
-    "cache_dir",
-    "local_files_only",
-    "trust_remote_code",
-)
-
 
 class BGERerank(BaseNodePostprocessor):
     """Rerank retrieved nodes with a cross-encoder (bge-reranker-v2-m3), best first, keeping ``top_n``.
 
     Give either model settings (``model``, ``device``, ``dtype``, ...; the defaults suit
     bge-reranker-v2-m3) or a ready ``reranker``. Construction is cheap: the model loads on first
-    use (or on ``rerank.reranker.load()``), and postprocessors with equal settings share it.
+    use (or on ``rerank.reranker.load()``), and postprocessors with equal settings share it. With
+    ``backend="tei"`` (or ``"vllm"``, ``"infinity"``, ``"cohere"``) and ``base_url``, the scores come
+    from a serving engine's ``/rerank`` instead, on the same scale; nothing else changes.
 
     Each node is scored on ``node.get_content(metadata_mode=metadata_mode)``, optionally after the
     values of ``meta_fields_to_embed``. The result holds new ``NodeWithScore`` objects whose ``score`` is
@@ -73,15 +65,17 @@ class BGERerank(BaseNodePostprocessor):
         >>> rerank = BGERerank(top_n=3)  # nothing loaded yet
         >>> engine = index.as_query_engine(similarity_top_k=20, node_postprocessors=[rerank])
         >>> engine.query("What is a giant panda?")
+        >>> remote = BGERerank(top_n=3, backend="tei", base_url="http://tei:8080")  # a TEI server
     """
 
     model_config = ConfigDict(arbitrary_types_allowed=True, extra="forbid", validate_assignment=True)
 
     model: str = Field(default=DEFAULT_MODEL, frozen=True, description="Model id or local folder.")
-    device: str | None = Field(
-        default=_DEFAULTS.device,
+    device: str | tuple[str, ...] | None = Field(
+        default=None,
         frozen=True,
-        description="Torch device such as 'cuda:1'; None picks cuda, then mps, then cpu.",
+        description="Torch device such as 'cuda:1'; None picks cuda, then mps, then cpu; a list of "
+        "devices runs one model replica per device, fed by the same batching queue.",
     )
     dtype: str = Field(
         default=_DEFAULTS.dtype,
@@ -98,10 +92,31 @@ class BGERerank(BaseNodePostprocessor):
         frozen=True,
         description="Tokens kept of the query (default max_length * 3 // 4, as FlagEmbedding).",
     )
+    long_passages: LongPassages = Field(
+        default=_DEFAULTS.long_passages,
+        frozen=True,
+        description="'truncate' (the reference's rule) or 'window': score overlapping windows of a "
+        "long passage and keep the best, so text past max_length counts (one pair per window).",
+    )
+    window_overlap: int = Field(
+        default=_DEFAULTS.resolved_window_overlap,
+        frozen=True,
+        description="Tokens shared by consecutive windows in 'window' mode (default max_length // 8).",
+    )
+    max_windows: int = Field(
+        default=_DEFAULTS.max_windows,
+        frozen=True,
+        description="Windows per passage at most in 'window' mode, from its start.",
+    )
     max_batch_tokens: int = Field(
         default=_DEFAULTS.max_batch_tokens,
         frozen=True,
         description="Padded tokens per forward pass (batch size times its longest pair).",
+    )
+    batch_wait_ms: float = Field(
+        default=_DEFAULTS.batch_wait_ms,
+        frozen=True,
+        description="How long a batch waits for more concurrent requests (0: only what already waits).",
     )
     revision: str | None = Field(default=_DEFAULTS.revision, frozen=True, description="Hub revision.")
     cache_dir: str | None = Field(default=_DEFAULTS.cache_dir, frozen=True, description="Hub cache.")
@@ -112,6 +127,40 @@ class BGERerank(BaseNodePostprocessor):
         default=_DEFAULTS.trust_remote_code,
         frozen=True,
         description="Run model code from the Hub (bge-reranker-v2-m3 needs none).",
+    )
+    backend: BackendName = Field(
+        default=_DEFAULTS.backend,
+        frozen=True,
+        description="'local' (torch in this process) or a serving engine's /rerank: 'tei', 'vllm', "
+        "'infinity' or 'cohere'.",
+    )
+    base_url: str | None = Field(
+        default=_DEFAULTS.base_url,
+        frozen=True,
+        description="Root URL of the serving engine (needed by every remote backend but 'cohere').",
+    )
+    api_key_env: str | None = Field(
+        default=_DEFAULTS.api_key_env,
+        frozen=True,
+        description="Name of the environment variable holding the API key (never the key itself).",
+    )
+    request_timeout: float = Field(
+        default=_DEFAULTS.request_timeout,
+        frozen=True,
+        description="Seconds before a remote request is abandoned (and retried).",
+    )
+    max_concurrent_requests: int = Field(
+        default=_DEFAULTS.max_concurrent_requests,
+        frozen=True,
+        description="Remote requests in flight at once for one call.",
+    )
+    max_texts_per_request: int | None = Field(
+        default=_DEFAULTS.max_texts_per_request,
+        frozen=True,
+        description="Passages per remote request; None uses the engine's default limit (TEI: 32).",
+    )
+    verify_tls: bool = Field(
+        default=_DEFAULTS.verify_tls, frozen=True, description="Verify the serving engine's TLS certificate."
     )
     top_n: int | None = Field(
         default=5, description="Nodes to return, best first; None returns every node, reranked."
@@ -142,15 +191,26 @@ class BGERerank(BaseNodePostprocessor):
         *,
         top_n: int | None = 5,
         model: str | None = None,
-        device: str | None = None,
+        device: str | Sequence[str] | None = None,
         dtype: str | None = None,
         max_length: int | None = None,
         query_max_length: int | None = None,
+        long_passages: LongPassages | None = None,
+        window_overlap: int | None = None,
+        max_windows: int | None = None,
         max_batch_tokens: int | None = None,
+        batch_wait_ms: float | None = None,
         revision: str | None = None,
         cache_dir: str | None = None,
         local_files_only: bool | None = None,
         trust_remote_code: bool | None = None,
+        backend: BackendName | None = None,
+        base_url: str | None = None,
+        api_key_env: str | None = None,
+        request_timeout: float | None = None,
+        max_concurrent_requests: int | None = None,
+        max_texts_per_request: int | None = None,
+        verify_tls: bool | None = None,
         normalize: bool = True,
         keep_retrieval_score: bool = False,
         metadata_mode: MetadataMode = MetadataMode.EMBED,
@@ -174,20 +234,25 @@ class BGERerank(BaseNodePostprocessor):
             "dtype": dtype,
             "max_length": max_length,
             "query_max_length": query_max_length,
+            "long_passages": long_passages,
+            "window_overlap": window_overlap,
+            "max_windows": max_windows,
             "max_batch_tokens": max_batch_tokens,
+            "batch_wait_ms": batch_wait_ms,
             "revision": revision,
             "cache_dir": cache_dir,
             "local_files_only": local_files_only,
             "trust_remote_code": trust_remote_code,
+            "backend": backend,
+            "base_url": base_url,
+            "api_key_env": api_key_env,
+            "request_timeout": request_timeout,
+            "max_concurrent_requests": max_concurrent_requests,
+            "max_texts_per_request": max_texts_per_request,
+            "verify_tls": verify_tls,
         }
-        if reranker is not None:
-            given = [name for name, value in settings.items() if value is not None]
-            if given:
-                raise ValueError(
-                    "pass either reranker= or model settings, not both; got reranker and " + ", ".join(given)
-                )
-        core = resolve_reranker(reranker, **settings)
-        fields: dict[str, Any] = {name: getattr(core.config, name) for name in _SETTINGS}
+        core = adapter_reranker(settings, reranker)
+        fields: dict[str, Any] = {name: getattr(core.config, name) for name in MODEL_SETTINGS}
         fields.update(
             top_n=top_n,
             normalize=normalize,
