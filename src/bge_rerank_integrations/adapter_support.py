@@ -53,6 +53,8 @@ def adapter_reranker(settings: Mapping[str, Any], reranker: Reranker | None = No
         ValueError: ``reranker`` is given together with settings, or a setting is out of range.
         TypeError: ``reranker`` is not a :class:`Reranker`, or a setting has the wrong type.
     """
+    if reranker is not None and not isinstance(reranker, Reranker):
+        raise TypeError(f"reranker must be a Reranker, got {type(reranker).__name__}")
     given = {name: value for name, value in settings.items() if value is not None}
     if reranker is not None and given:
         raise ValueError(

@@ -359,6 +359,27 @@ def test_run_and_run_async_take_the_same_parameters() -> None:
 # --- serialization --------------------------------------------------------------------------------
 
 
+# Settings added with the remote backend, long passages and cross-request batching, in to_dict order.
+NEW_SETTINGS = (
+    "query_max_length",
+    "long_passages",
+    "window_overlap",
+    "max_windows",
+    "batch_wait_ms",
+    "revision",
+    "cache_dir",
+    "local_files_only",
+    "trust_remote_code",
+    "backend",
+    "base_url",
+    "api_key",
+    "request_timeout",
+    "max_concurrent_requests",
+    "max_texts_per_request",
+    "verify_tls",
+)
+
+
 def test_to_dict_defaults() -> None:
     assert BGERanker().to_dict() == {
         "type": TYPE,
@@ -374,6 +395,7 @@ def test_to_dict_defaults() -> None:
             "max_length": None,
             "max_batch_tokens": None,
             "dtype": None,
+            **dict.fromkeys(NEW_SETTINGS),
         },
     }
 
@@ -407,6 +429,7 @@ def test_to_dict_with_settings_and_from_dict_round_trip(model_dir: Path) -> None
             "max_length": 256,
             "max_batch_tokens": 2048,
             "dtype": "bf16",
+            **dict.fromkeys(NEW_SETTINGS),
         },
     }
     json.dumps(data)  # plain JSON
@@ -432,6 +455,129 @@ def test_a_plain_token_cannot_be_saved() -> None:
 def test_a_given_reranker_cannot_be_saved(core: Reranker) -> None:
     with pytest.raises(SerializationError, match="cannot be saved"):
         BGERanker(reranker=core).to_dict()
+
+
+def test_remote_and_serving_settings_round_trip_exactly(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("BGE_TEST_TEI_KEY", "sk-never-saved")
+    ranker = BGERanker(
+        model="BAAI/bge-reranker-v2-m3",
+        top_k=4,
+        query_max_length=100,
+        long_passages="window",
+        window_overlap=32,
+        max_windows=4,
+        batch_wait_ms=2.5,
+        revision="main",
+        cache_dir="/tmp/hf-cache",
+        local_files_only=False,  # falsy values are kept, not dropped
+        trust_remote_code=False,
+        backend="tei",
+        base_url="http://127.0.0.1:9",
+        api_key=Secret.from_env_var(["BGE_TEST_TEI_KEY", "OTHER_KEY"], strict=False),
+        request_timeout=7.5,
+        max_concurrent_requests=2,
+        max_texts_per_request=16,
+        verify_tls=False,
+    )
+    data = ranker.to_dict()
+    assert data == {
+        "type": TYPE,
+        "init_parameters": {
+            "model": "BAAI/bge-reranker-v2-m3",
+            "device": None,
+            "token": {"type": "env_var", "env_vars": ["HF_API_TOKEN", "HF_TOKEN"], "strict": False},
+            "top_k": 4,
+            "scale_score": True,
+            "score_threshold": None,
+            "meta_fields_to_embed": None,
+            "embedding_separator": "\n",
+            "max_length": None,
+            "max_batch_tokens": None,
+            "dtype": None,
+            "query_max_length": 100,
+            "long_passages": "window",
+            "window_overlap": 32,
+            "max_windows": 4,
+            "batch_wait_ms": 2.5,
+            "revision": "main",
+            "cache_dir": "/tmp/hf-cache",
+            "local_files_only": False,
+            "trust_remote_code": False,
+            "backend": "tei",
+            "base_url": "http://127.0.0.1:9",
+            "api_key": {"type": "env_var", "env_vars": ["BGE_TEST_TEI_KEY", "OTHER_KEY"], "strict": False},
+            "request_timeout": 7.5,
+            "max_concurrent_requests": 2,
+            "max_texts_per_request": 16,
+            "verify_tls": False,
+        },
+    }
+    assert "sk-never-saved" not in json.dumps(data)
+    restored = BGERanker.from_dict(copy.deepcopy(data))
+    assert restored.to_dict() == data
+    assert restored.api_key == Secret.from_env_var(["BGE_TEST_TEI_KEY", "OTHER_KEY"], strict=False)
+    assert restored.reranker is ranker.reranker  # equal settings, one shared core
+    config = restored.reranker.config
+    assert (config.backend, config.base_url, config.api_key_env) == (
+        "tei",
+        "http://127.0.0.1:9",
+        "BGE_TEST_TEI_KEY",
+    )
+    assert (config.long_passages, config.window_overlap, config.max_windows) == ("window", 32, 4)
+    assert (config.batch_wait_ms, config.request_timeout, config.verify_tls) == (2.5, 7.5, False)
+    assert not restored.reranker.is_loaded
+
+
+def test_api_key_names_the_first_variable_that_is_set(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("BGE_TEST_KEY_A", raising=False)
+    monkeypatch.setenv("BGE_TEST_KEY_B", "sk-b")
+    remote = {"model": "some/model", "backend": "infinity", "base_url": "http://127.0.0.1:9"}
+    both = Secret.from_env_var(["BGE_TEST_KEY_A", "BGE_TEST_KEY_B"])
+    assert BGERanker(**remote, api_key=both).reranker.config.api_key_env == "BGE_TEST_KEY_B"
+    monkeypatch.delenv("BGE_TEST_KEY_B")
+    # None set: a strict Secret still names its first variable, so the core's error at connect names it
+    assert BGERanker(**remote, api_key=both).reranker.config.api_key_env == "BGE_TEST_KEY_A"
+    lenient = Secret.from_env_var(["BGE_TEST_KEY_A", "BGE_TEST_KEY_B"], strict=False)
+    assert BGERanker(**remote, api_key=lenient).reranker.config.api_key_env is None  # no key sent
+    assert BGERanker(**remote).reranker.config.api_key_env is None
+
+
+def test_api_key_must_be_an_env_var_secret() -> None:
+    with pytest.raises(ValueError, match=r"api_key must name environment variables.*Secret.from_env_var"):
+        BGERanker(backend="cohere", api_key=Secret.from_token("sk-plain"))
+    with pytest.raises(TypeError, match="api_key must be a Secret or None, got str"):
+        BGERanker(backend="cohere", api_key="TEI_API_KEY")  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize(
+    ("settings", "match"),
+    [
+        ({"backend": "tei"}, "backend='tei' needs base_url"),
+        ({"backend": "triton", "base_url": "http://x"}, "backend must be one of"),
+        ({"long_passages": "chunk"}, "long_passages must be"),
+        ({"batch_wait_ms": 5000.0}, "batch_wait_ms must be between 0 and 1000"),
+        ({"request_timeout": 0.0}, "request_timeout must be > 0"),
+    ],
+)
+def test_bad_serving_settings_fail_at_init(settings: dict[str, Any], match: str) -> None:
+    with pytest.raises(ValueError, match=match):
+        BGERanker(**settings)
+
+
+@pytest.mark.parametrize(
+    ("settings", "named"),
+    [
+        ({"backend": "tei", "base_url": "http://127.0.0.1:9"}, "backend, base_url"),
+        ({"api_key": Secret.from_env_var("SOME_KEY")}, "api_key"),
+        ({"batch_wait_ms": 0.0}, "batch_wait_ms"),  # a falsy value is still a given setting
+        ({"long_passages": "window"}, "long_passages"),
+    ],
+)
+def test_a_given_reranker_refuses_serving_settings(
+    core: Reranker, settings: dict[str, Any], named: str
+) -> None:
+    with pytest.raises(ValueError, match=f"either reranker or model settings.*{named}"):
+        BGERanker(reranker=core, **settings)
 
 
 # --- pipelines ------------------------------------------------------------------------------------
@@ -503,10 +649,19 @@ def fresh_python_env() -> dict[str, str]:
 
 @pytest.mark.slow
 def test_yaml_round_trip_in_a_fresh_process(model_dir: Path, docs: list[Document]) -> None:
-    ranker = BGERanker(model=model_dir, top_k=3, meta_fields_to_embed=["title"], scale_score=False)
+    ranker = BGERanker(
+        model=model_dir,
+        top_k=3,
+        meta_fields_to_embed=["title"],
+        scale_score=False,
+        long_passages="window",
+        batch_wait_ms=1.0,
+        api_key=Secret.from_env_var("BGE_TEST_UNUSED_KEY", strict=False),
+    )
     pipeline = bm25_pipeline(ranker, docs)
     want = pipeline.run(pipeline_input())["ranker"]["documents"]
     yaml = pipeline.dumps()
+    assert "long_passages: window" in yaml
     assert f"type: {TYPE}" in yaml
     assert Pipeline.loads(yaml).to_dict() == pipeline.to_dict()
 

@@ -18,13 +18,19 @@ try:
     from haystack import Document, component, default_from_dict, default_to_dict
     from haystack.core.errors import SerializationError
     from haystack.utils import ComponentDevice, Secret
+    from haystack.utils.auth import SecretType
 except ImportError as exc:
     raise ImportError(
         'BGERanker needs Haystack; install it with: pip install "bge-rerank-integrations[haystack]"'
     ) from exc
 
-from bge_rerank_integrations.adapter_support import check_top, resolve_reranker, text_with_meta
-from bge_rerank_integrations.config import DEFAULT_MODEL, RerankerConfig
+from bge_rerank_integrations.adapter_support import (
+    MODEL_SETTINGS,
+    adapter_reranker,
+    check_top,
+    text_with_meta,
+)
+from bge_rerank_integrations.config import DEFAULT_MODEL, BackendName, LongPassages, RerankerConfig
 from bge_rerank_integrations.reranker import Reranker, RerankResult
 
 __all__ = ["BGERanker"]
@@ -32,6 +38,9 @@ __all__ = ["BGERanker"]
 
 _DEFAULT_TOKEN = Secret.from_env_var(["HF_API_TOKEN", "HF_TOKEN"], strict=False)
 """Haystack's usual token default: the first of these variables that is set (a frozen, shareable value)."""
+
+_PARAMETERS = tuple("api_key" if name == "api_key_env" else name for name in MODEL_SETTINGS)
+"""The init parameters that are core model settings: the core's, with the API key as a ``Secret``."""
 
 
 @component
@@ -54,6 +63,13 @@ class BGERanker:
     result = ranker.run(query="Which city is in Germany?", documents=docs)
     print(result["documents"][0].content, result["documents"][0].score)
     ```
+
+    The same component scores on a serving engine's ``/rerank`` (TEI, vLLM, Infinity or Cohere) with
+    ``backend`` and ``base_url``, the API key read from an environment variable:
+
+    ```python
+    ranker = BGERanker(backend="tei", base_url="http://tei:8080", api_key=Secret.from_env_var("TEI_API_KEY"))
+    ```
     """
 
     def __init__(
@@ -70,11 +86,31 @@ class BGERanker:
         max_length: int | None = None,
         max_batch_tokens: int | None = None,
         dtype: str | None = None,
+        query_max_length: int | None = None,
+        long_passages: LongPassages | None = None,
+        window_overlap: int | None = None,
+        max_windows: int | None = None,
+        batch_wait_ms: float | None = None,
+        revision: str | None = None,
+        cache_dir: str | None = None,
+        local_files_only: bool | None = None,
+        trust_remote_code: bool | None = None,
+        backend: BackendName | None = None,
+        base_url: str | None = None,
+        api_key: Secret | None = None,
+        request_timeout: float | None = None,
+        max_concurrent_requests: int | None = None,
+        max_texts_per_request: int | None = None,
+        verify_tls: bool | None = None,
         reranker: Reranker | None = None,
     ) -> None:
-        """Store the settings; nothing is loaded until :meth:`warm_up` or the first :meth:`run`.
+        """Store the settings; nothing is loaded or contacted until :meth:`warm_up` or the first :meth:`run`.
 
-        :param model: Hugging Face model id or local folder of the cross-encoder.
+        Model settings left ``None`` take the core's defaults (see
+        :class:`~bge_rerank_integrations.RerankerConfig`) and stay ``None`` when saved.
+
+        :param model: Hugging Face model id or local folder of the cross-encoder (with a remote
+            ``backend``, the model name the server is asked for).
         :param device: Device to run on; ``None`` lets the core pick cuda, then mps, then cpu (and
             stays ``None`` when saved, so a pipeline saved on a GPU box still loads on a CPU one).
         :param token: Hugging Face token for private models (see the note on tokens below).
@@ -88,11 +124,34 @@ class BGERanker:
         :param max_batch_tokens: Padded tokens per forward pass (core default 16384).
         :param dtype: ``"auto"`` (default: float16 on CUDA, float32 elsewhere), ``"float32"``,
             ``"float16"`` or ``"bfloat16"``.
+        :param query_max_length: Tokens kept of the query (core default ``max_length * 3 // 4``).
+        :param long_passages: ``"truncate"`` (default, the reference's rule) or ``"window"``: score
+            overlapping windows of a long passage and keep the best (one pair per window).
+        :param window_overlap: Tokens shared by consecutive windows (core default ``max_length // 8``).
+        :param max_windows: Windows per passage at most, from its start (core default 16).
+        :param batch_wait_ms: How long a batch waits for more concurrent requests (core default 0).
+        :param revision: Hub revision (branch, tag or commit) of ``model``.
+        :param cache_dir: Hub cache folder.
+        :param local_files_only: Never reach the Hub (core default ``False``).
+        :param trust_remote_code: Run model code from the Hub (core default ``False``; not needed).
+        :param backend: ``"local"`` (default: torch in this process), or a serving engine's
+            ``/rerank``: ``"tei"``, ``"vllm"``, ``"infinity"`` or ``"cohere"``.
+        :param base_url: Root URL of the serving engine (needed by every remote backend but ``"cohere"``).
+        :param api_key: The serving engine's API key, as ``Secret.from_env_var(...)``: the core reads
+            the first of its variables that is set when it connects, so the key itself is never
+            stored, shown or saved. A ``Secret.from_token`` is refused. ``None``: no key is sent.
+        :param request_timeout: Seconds before a remote request is abandoned and retried (core default 60).
+        :param max_concurrent_requests: Remote requests in flight at once per call (core default 4).
+        :param max_texts_per_request: Passages per remote request (core default: the engine's limit).
+        :param verify_tls: Verify the serving engine's TLS certificate (core default ``True``).
         :param reranker: A ready core :class:`~bge_rerank_integrations.Reranker` to use instead of
             the model settings above. A component built this way cannot be saved (``to_dict`` raises).
         :raises ValueError: ``top_k`` < 1, a setting out of range, a device map given as ``device``,
-            or model settings given together with ``reranker``.
+            a token ``Secret`` given as ``api_key``, or model settings given together with ``reranker``.
         :raises TypeError: an argument of the wrong type.
+
+        Note on tokens: ``token`` defaults to the ``HF_API_TOKEN`` or ``HF_TOKEN`` environment
+        variable, read when the model is first needed; only env-var secrets can be saved.
         """
         check_top("top_k", top_k)
         _check_scale_score(scale_score)
@@ -105,20 +164,7 @@ class BGERanker:
             raise TypeError(f"embedding_separator must be a str, got {type(embedding_separator).__name__}")
         if device is not None and device.has_multiple_devices:
             raise ValueError("device must be a single device: BGERanker runs on one device, got a device map")
-        if reranker is not None:
-            if not isinstance(reranker, Reranker):
-                raise TypeError(f"reranker must be a Reranker, got {type(reranker).__name__}")
-            settings = {"device": device, "dtype": dtype, "max_length": max_length}
-            settings["max_batch_tokens"] = max_batch_tokens
-            clashing = [name for name, value in settings.items() if value is not None]
-            if os.fspath(model) not in (DEFAULT_MODEL, reranker.config.model):
-                clashing.insert(0, "model")
-            if clashing:
-                raise ValueError(
-                    f"pass either reranker or model settings, not both: {', '.join(clashing)} would be "
-                    "ignored (the reranker brings its own settings)"
-                )
-            model = reranker.config.model
+        _check_api_key(api_key)
 
         self.model = os.fspath(model)
         self.device = device
@@ -131,19 +177,40 @@ class BGERanker:
         self.max_length = max_length
         self.max_batch_tokens = max_batch_tokens
         self.dtype = dtype
+        self.query_max_length = query_max_length
+        self.long_passages = long_passages
+        self.window_overlap = window_overlap
+        self.max_windows = max_windows
+        self.batch_wait_ms = batch_wait_ms
+        self.revision = revision
+        self.cache_dir = cache_dir
+        self.local_files_only = local_files_only
+        self.trust_remote_code = trust_remote_code
+        self.backend = backend
+        self.base_url = base_url
+        self.api_key = api_key
+        self.request_timeout = request_timeout
+        self.max_concurrent_requests = max_concurrent_requests
+        self.max_texts_per_request = max_texts_per_request
+        self.verify_tls = verify_tls
         self._given_reranker = reranker
-        self._reranker: Reranker | None = reranker
-        if reranker is None:
+        self._reranker: Reranker | None = None
+        if reranker is not None:
+            if not isinstance(reranker, Reranker):
+                raise TypeError(f"reranker must be a Reranker, got {type(reranker).__name__}")
+            given = {name: getattr(self, name) for name in _PARAMETERS}
+            if self.model in (DEFAULT_MODEL, reranker.config.model):
+                given["model"] = None  # the default, or the reranker's own model, is no clash
+            self._reranker = adapter_reranker(given, reranker)
+            self.model = self._reranker.config.model
+        else:
             RerankerConfig(**self._settings())  # fail now, naming the bad setting, not at warm-up
 
     def _settings(self) -> dict[str, Any]:
-        given = {
-            "model": self.model,
-            "device": self.device.to_torch_str() if self.device is not None else None,
-            "dtype": self.dtype,
-            "max_length": self.max_length,
-            "max_batch_tokens": self.max_batch_tokens,
-        }
+        """The core settings given (``None`` left out), the device as torch names it."""
+        given = {name: getattr(self, name) for name in MODEL_SETTINGS if name != "api_key_env"}
+        given["device"] = self.device.to_torch_str() if self.device is not None else None
+        given["api_key_env"] = _api_key_env(self.api_key)
         return {name: value for name, value in given.items() if value is not None}
 
     @property
@@ -154,7 +221,7 @@ class BGERanker:
         """
         if self._reranker is None:
             token = self.token.resolve_value() if self.token is not None else None
-            self._reranker = resolve_reranker(None, token=token, **self._settings())
+            self._reranker = adapter_reranker({**self._settings(), "token": token})
         return self._reranker
 
     def warm_up(self) -> None:
@@ -168,7 +235,7 @@ class BGERanker:
             await asyncio.to_thread(reranker.load)
 
     def to_dict(self) -> dict[str, Any]:
-        """Serialize the init parameters (device only if one was given; the token as its env-var names).
+        """Serialize the init parameters (device only if one was given; secrets as their env-var names).
 
         :raises SerializationError: the component was built with a ready ``reranker``.
         :raises ValueError: ``token`` is a plain token (``Secret.from_token``), which Haystack never saves.
@@ -192,6 +259,22 @@ class BGERanker:
             max_length=self.max_length,
             max_batch_tokens=self.max_batch_tokens,
             dtype=self.dtype,
+            query_max_length=self.query_max_length,
+            long_passages=self.long_passages,
+            window_overlap=self.window_overlap,
+            max_windows=self.max_windows,
+            batch_wait_ms=self.batch_wait_ms,
+            revision=self.revision,
+            cache_dir=self.cache_dir,
+            local_files_only=self.local_files_only,
+            trust_remote_code=self.trust_remote_code,
+            backend=self.backend,
+            base_url=self.base_url,
+            api_key=self.api_key,
+            request_timeout=self.request_timeout,
+            max_concurrent_requests=self.max_concurrent_requests,
+            max_texts_per_request=self.max_texts_per_request,
+            verify_tls=self.verify_tls,
         )
 
     @classmethod
@@ -316,6 +399,34 @@ def _deduplicate(documents: Sequence[Document]) -> list[Document]:
 
 def _incoming(doc: Document) -> float:
     return doc.score if doc.score is not None else -math.inf
+
+
+def _check_api_key(api_key: object) -> None:
+    if api_key is None:
+        return
+    if not isinstance(api_key, Secret):
+        raise TypeError(f"api_key must be a Secret or None, got {type(api_key).__name__}")
+    if api_key.type is not SecretType.ENV_VAR:
+        raise ValueError(
+            "api_key must name environment variables, e.g. Secret.from_env_var('TEI_API_KEY'): the core "
+            "reads the key from the environment, so it is never stored or saved; got a token Secret"
+        )
+
+
+def _api_key_env(api_key: Secret | None) -> str | None:
+    """The variable the core reads the key from: the first of the Secret's that is set, as Haystack does.
+
+    When none is set, a strict Secret still names its first variable, so the core's error at connect
+    time names it; a lenient one gives ``None`` (no key is sent).
+    """
+    if api_key is None:
+        return None
+    data = api_key.to_dict()
+    names: list[str] = data["env_vars"]
+    for name in names:
+        if os.environ.get(name) is not None:
+            return name
+    return names[0] if data["strict"] else None
 
 
 def _check_scale_score(value: object, *, allow_none: bool = False) -> None:
