@@ -13,6 +13,11 @@ sigmoid gives the engine's probability back (within 1e-12). Precision caveat: a 
 probability in float32, so the recovered logit is exact only to about ``6e-8 / (p * (1 - p))``; for
 ``|logit|`` above about 16 the probability rounds to 0 or 1 and such passages tie. Probabilities of
 exactly 0 or 1 are clamped to ``1e-12`` and ``1 - 1e-12`` (logits of about -27.6 and 27.6).
+
+Truncation is the engine's: ``max_length`` and ``query_max_length`` are not sent (no API takes them),
+so a pair longer than 512 tokens is scored up to the engine's own limit (8192 tokens for
+bge-reranker-v2-m3 on TEI and Infinity; vLLM refuses longer inputs) and can score differently from
+the local backend, which cuts it at ``max_length``.
 """
 
 from __future__ import annotations
