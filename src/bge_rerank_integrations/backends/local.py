@@ -1,9 +1,12 @@
-"""The local backend: a ``transformers`` cross-encoder run with torch. The only module importing torch.
+"""The local backend: a ``transformers`` cross-encoder run with torch (with ``backends.packed``, the
+only modules importing torch).
 
-Pairs are tokenized in one batched call, sorted by length and cut into batches under a budget of
-padded tokens, so a 100-passage query wastes little compute on padding. Each batch runs once, in
-fp16 on CUDA and fp32 on CPU by default; logits come back as fp32 and in input order. A CUDA
-out-of-memory error splits the batch in two and retries instead of failing the call.
+Identical pairs are scored once. Pairs are tokenized in one batched call, sorted by length and cut
+into batches under a token budget. XLM-RoBERTa models (bge-reranker-v2-m3) run padding-free
+(``backends.packed``: no compute on pad tokens at all); other models run padded batches, where the
+budget counts padded tokens. Each batch runs once, in fp16 on CUDA and fp32 on CPU by default;
+logits come back as fp32 and in input order. A CUDA out-of-memory error splits the batch in two and
+retries instead of failing the call.
 """
 
 from __future__ import annotations
@@ -12,10 +15,11 @@ import logging
 import math
 import threading
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from bge_rerank_integrations.batching import padded_length, plan_batches
+from bge_rerank_integrations.batching import padded_length, plan_batches, plan_packed_batches
 from bge_rerank_integrations.config import RerankerConfig
 from bge_rerank_integrations.errors import ModelLoadError
 from bge_rerank_integrations.tokenization import PairEncoder
@@ -23,9 +27,28 @@ from bge_rerank_integrations.tokenization import PairEncoder
 if TYPE_CHECKING:
     import torch
 
-__all__ = ["LocalBackend", "resolve_device"]
+    from bge_rerank_integrations.backends.packed import PackedForward
+
+__all__ = ["ForwardStats", "LocalBackend", "resolve_device"]
 
 logger = logging.getLogger(__name__)
+
+# On CPU the padding-free forward runs a batch in parts of about this many tokens: activations of
+# 2k tokens stay in the cache between the matrix multiplies (measured in benchmarks/RESULTS.md).
+_CPU_CHUNK_TOKENS = 2048
+
+
+@dataclass
+class ForwardStats:
+    """Running totals of the work done by a backend's forward passes (for benchmarks and logs)."""
+
+    pairs: int = 0
+    real_tokens: int = 0
+    """Tokens of the pairs themselves."""
+    computed_tokens: int = 0
+    """Tokens that went through the model's linear layers: padding included, when there is any."""
+    forward_passes: int = 0
+
 
 _LOCAL_FOLDER_HINT = (
     "If the Hugging Face hub is unreachable, download the model once where it is reachable "
@@ -67,6 +90,8 @@ class LocalBackend:
         self._device: torch.device | None = None
         self._pad_id = 0
         self._multiple = 1
+        self._packed: PackedForward | None = None
+        self.stats = ForwardStats()
 
     @property
     def is_loaded(self) -> bool:
@@ -130,6 +155,7 @@ class LocalBackend:
         self._multiple = 8 if device.type == "cuda" else 1
         model.to(device)
         model.eval()
+        self._packed = _packed_forward(model, device)
         self._device = device
         logger.info("loaded %s on %s in %s", cfg.model, device, dtype)
         self._model = model  # last: marks the backend as loaded
@@ -138,6 +164,13 @@ class LocalBackend:
         """Raw logits of ``pairs`` in input order; each batch runs exactly once."""
         if not pairs:
             return []
+        distinct = list(dict.fromkeys(pairs))
+        if len(distinct) < len(pairs):  # identical pairs are scored once
+            by_pair = dict(zip(distinct, self._score_distinct(distinct), strict=True))
+            return [by_pair[pair] for pair in pairs]
+        return self._score_distinct(pairs)
+
+    def _score_distinct(self, pairs: Sequence[tuple[str, str]]) -> list[float]:
         self.load()
         assert self._encoder is not None
         cfg = self.config
@@ -148,7 +181,12 @@ class LocalBackend:
         else:
             ids, owners = self._encoder.encode(pairs), None
         scores: list[float] = [0.0] * len(ids)
-        for batch in plan_batches([len(x) for x in ids], cfg.max_batch_tokens, multiple=self._multiple):
+        lengths = [len(x) for x in ids]
+        if self._packed is not None:  # no padding: a batch costs its real tokens
+            plan = plan_packed_batches(lengths, cfg.max_batch_tokens)
+        else:
+            plan = plan_batches(lengths, cfg.max_batch_tokens, multiple=self._multiple)
+        for batch in plan:
             for i, score in zip(batch, self._run_splitting([ids[i] for i in batch]), strict=True):
                 scores[i] = score
         if owners is None:
@@ -174,9 +212,18 @@ class LocalBackend:
             return self._run_splitting(batch[:half]) + self._run_splitting(batch[half:])
 
     def _forward(self, batch: list[list[int]]) -> list[float]:
-        """One forward pass over right-padded ids; returns fp32 logits as floats."""
+        """One forward pass, padding-free where the model allows, else over right-padded ids.
+
+        Returns fp32 logits as floats.
+        """
         import torch
 
+        real = sum(len(x) for x in batch)
+        if self._packed is not None:
+            with self._device_lock, torch.inference_mode():
+                packed: list[float] = self._packed(batch).cpu().tolist()
+            self._count(len(batch), real, real)
+            return packed
         width = padded_length(max(len(x) for x in batch), self._multiple)
         padded = [x + [self._pad_id] * (width - len(x)) for x in batch]
         mask = [[1] * len(x) + [0] * (width - len(x)) for x in batch]
@@ -192,7 +239,26 @@ class LocalBackend:
         with self._device_lock, torch.inference_mode():
             logits = self._model(input_ids=input_ids, attention_mask=attention_mask).logits
             values: list[float] = logits[:, 0].float().cpu().tolist()
+        self._count(len(batch), real, width * len(batch))
         return values
+
+    def _count(self, pairs: int, real: int, computed: int) -> None:
+        stats = self.stats
+        stats.pairs += pairs
+        stats.real_tokens += real
+        stats.computed_tokens += computed
+        stats.forward_passes += 1
+
+
+def _packed_forward(model: Any, device: torch.device) -> PackedForward | None:
+    """The padding-free forward for ``model``, or ``None`` (with the reason logged) if it does not fit."""
+    from bge_rerank_integrations.backends.packed import PackedForward, packed_support
+
+    reason = packed_support(model)
+    if reason is not None:
+        logger.info("using padded forward passes: %s", reason)
+        return None
+    return PackedForward(model, chunk_tokens=_CPU_CHUNK_TOKENS if device.type == "cpu" else None)
 
 
 def _single_device(device: str | tuple[str, ...] | None) -> str | None:

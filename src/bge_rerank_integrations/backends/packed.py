@@ -1,0 +1,225 @@
+"""A padding-free forward pass for XLM-RoBERTa/RoBERTa cross-encoders (bge-reranker-v2-m3's family).
+
+A padded batch spends matrix-multiply time on pad tokens: the longest pair sets the width of every
+row. Here the pairs of a batch are concatenated into one ``[tokens, hidden]`` matrix, so every linear
+layer (query/key/value, fused into one, attention output, the feed-forward pair) runs on real tokens
+only; attention, the one step that needs to know where a pair starts and ends, runs per pair group
+on exactly that pair's tokens. The weights are the ``transformers`` model's own (the fused
+query/key/value matrix is stored once and the model's three projections become views of it), and the
+arithmetic is the same, so the logits match the padded ``transformers`` forward up to float rounding.
+
+Only the plain architecture is taken: absolute positions, ``gelu``, an encoder without cross
+attention, a ``<s>``-token classification head. :func:`packed_support` names the first thing that
+does not fit, and the backend then keeps the ``transformers`` forward.
+"""
+
+from __future__ import annotations
+
+import itertools
+import logging
+from collections.abc import Sequence
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+
+__all__ = ["PackedForward", "packed_support"]
+
+logger = logging.getLogger(__name__)
+
+_SUPPORTED_CLASSES = ("XLMRobertaForSequenceClassification", "RobertaForSequenceClassification")
+
+
+def packed_support(model: Any) -> str | None:
+    """``None`` if ``model`` can run padding-free, else the reason it cannot."""
+    name = type(model).__name__
+    if name not in _SUPPORTED_CLASSES:
+        return f"{name} is not one of {', '.join(_SUPPORTED_CLASSES)}"
+    cfg = model.config
+    checks = {
+        "hidden_act": (getattr(cfg, "hidden_act", None), "gelu"),
+        "position_embedding_type": (getattr(cfg, "position_embedding_type", "absolute"), "absolute"),
+        "is_decoder": (bool(getattr(cfg, "is_decoder", False)), False),
+        "add_cross_attention": (bool(getattr(cfg, "add_cross_attention", False)), False),
+        "chunk_size_feed_forward": (int(getattr(cfg, "chunk_size_feed_forward", 0) or 0), 0),
+    }
+    for key, (value, wanted) in checks.items():
+        if value != wanted:
+            return f"config.{key} is {value!r}, not {wanted!r}"
+    if getattr(model.roberta, "pooler", None) is not None:
+        return "the model has a pooler layer"
+    if cfg.hidden_size % cfg.num_attention_heads:
+        return "hidden_size is not a multiple of num_attention_heads"
+    return None
+
+
+class _Layer:
+    """Weights of one encoder layer, fused query/key/value first."""
+
+    __slots__ = ("down", "ln1", "ln2", "out", "qkv", "up")
+
+    def __init__(self, layer: Any) -> None:
+        attn = layer.attention
+        self.qkv = _fuse_qkv(attn.self)
+        self.out = (attn.output.dense.weight, attn.output.dense.bias)
+        self.ln1 = (attn.output.LayerNorm.weight, attn.output.LayerNorm.bias, attn.output.LayerNorm.eps)
+        self.up = (layer.intermediate.dense.weight, layer.intermediate.dense.bias)
+        self.down = (layer.output.dense.weight, layer.output.dense.bias)
+        self.ln2 = (layer.output.LayerNorm.weight, layer.output.LayerNorm.bias, layer.output.LayerNorm.eps)
+
+
+def _fuse_qkv(attn: Any) -> tuple[torch.Tensor, torch.Tensor]:
+    """One ``[3 * hidden, hidden]`` projection; the model's query/key/value weights become its views."""
+    parts = (attn.query, attn.key, attn.value)
+    weight = torch.cat([p.weight.detach() for p in parts])
+    bias = torch.cat([p.bias.detach() for p in parts])
+    hidden = parts[0].weight.shape[0]
+    for i, p in enumerate(parts):  # share storage instead of holding the weights twice
+        p.weight = torch.nn.Parameter(weight[i * hidden : (i + 1) * hidden], requires_grad=False)
+        p.bias = torch.nn.Parameter(bias[i * hidden : (i + 1) * hidden], requires_grad=False)
+    return weight, bias
+
+
+class PackedForward:
+    """Logits of an XLM-RoBERTa sequence classifier over concatenated (unpadded) pairs.
+
+    Call it under ``torch.inference_mode()`` with the pairs' input ids; it returns their fp32 logits.
+    Check :func:`packed_support` first.
+    """
+
+    def __init__(self, model: Any, *, chunk_tokens: int | None = None) -> None:
+        """Take the weights of a loaded ``transformers`` model (it stays usable).
+
+        ``chunk_tokens`` runs a batch in consecutive parts of about that many tokens, every part
+        through all layers before the next: on CPU, activations that fit the cache beat one big
+        matrix (measured in ``benchmarks/RESULTS.md``). ``None`` runs each batch whole.
+        """
+        cfg = model.config
+        emb = model.roberta.embeddings
+        self.pad_id = int(cfg.pad_token_id)
+        self.heads = int(cfg.num_attention_heads)
+        self.hidden = int(cfg.hidden_size)
+        self.word = emb.word_embeddings.weight
+        self.position = emb.position_embeddings.weight
+        self.token_type0 = emb.token_type_embeddings.weight[0]
+        self.ln0 = (emb.LayerNorm.weight, emb.LayerNorm.bias, emb.LayerNorm.eps)
+        self.layers = [_Layer(layer) for layer in model.roberta.encoder.layer]
+        head = model.classifier
+        self.dense = (head.dense.weight, head.dense.bias)
+        self.out_proj = (head.out_proj.weight, head.out_proj.bias)
+        self.device = self.word.device
+        self.chunk_tokens = chunk_tokens
+        self.use_varlen = False
+        self.use_varlen = self._check_varlen()
+
+    def __call__(self, batch: Sequence[Sequence[int]]) -> torch.Tensor:
+        """fp32 logits ``[len(batch)]`` of the id sequences in ``batch`` (any order, any lengths)."""
+        if self.chunk_tokens is None or sum(len(x) for x in batch) <= self.chunk_tokens:
+            return self._run(batch)
+        return torch.cat([self._run([batch[i] for i in part]) for part in self._chunks(batch)])
+
+    def _chunks(self, batch: Sequence[Sequence[int]]) -> list[list[int]]:
+        """Consecutive runs of ``batch`` of about ``chunk_tokens`` tokens each (a longer pair alone)."""
+        assert self.chunk_tokens is not None
+        total = sum(len(x) for x in batch)
+        target = total / -(-total // self.chunk_tokens)  # equal parts rather than a small remainder
+        parts: list[list[int]] = [[]]
+        size = 0
+        for i, ids in enumerate(batch):
+            if parts[-1] and size + len(ids) > target * 1.05:
+                parts.append([])
+                size = 0
+            parts[-1].append(i)
+            size += len(ids)
+        return parts
+
+    def _run(self, batch: Sequence[Sequence[int]]) -> torch.Tensor:
+        lengths = [len(x) for x in batch]
+        bounds = list(itertools.accumulate(lengths, initial=0))
+        ids = torch.tensor(list(itertools.chain.from_iterable(batch)), dtype=torch.long)
+        positions = self._positions(ids, lengths, bounds)
+        starts = torch.tensor(bounds[:-1], dtype=torch.long)
+        if self.device.type != "cpu":
+            pin = self.device.type == "cuda"
+            ids, positions, starts = (
+                (t.pin_memory() if pin else t).to(self.device, non_blocking=pin)
+                for t in (ids, positions, starts)
+            )
+        h = self.word[ids] + self.position[positions] + self.token_type0
+        h = F.layer_norm(h, (self.hidden,), *self.ln0)
+        attend = _Attention(bounds, self.heads, self.device, varlen=self.use_varlen)
+        for layer in self.layers:
+            a = F.linear(attend(F.linear(h, *layer.qkv)), *layer.out)
+            h = F.layer_norm(a + h, (self.hidden,), *layer.ln1)
+            up = F.gelu(F.linear(h, *layer.up))
+            h = F.layer_norm(F.linear(up, *layer.down) + h, (self.hidden,), *layer.ln2)
+        first = h[starts]  # the <s> token of every pair
+        logits = F.linear(torch.tanh(F.linear(first, *self.dense)), *self.out_proj)
+        return logits[:, 0].float()
+
+    def _positions(self, ids: torch.Tensor, lengths: list[int], bounds: list[int]) -> torch.Tensor:
+        """RoBERTa position ids: pad_id + 1 + index within the pair, counting non-pad tokens only.
+
+        Identical to ``create_position_ids_from_input_ids`` on the padded batch, including its
+        treatment of a literal pad token inside a pair (it keeps position ``pad_id``).
+        """
+        real = ids.ne(self.pad_id).long()
+        counts = real.cumsum(0)
+        before = torch.cat([counts.new_zeros(1), counts])[torch.tensor(bounds[:-1])]  # count up to each start
+        return (counts - torch.repeat_interleave(before, torch.tensor(lengths))) * real + self.pad_id
+
+    def _check_varlen(self) -> bool:
+        """Whether fused variable-length attention works here and agrees with per-pair attention."""
+        if self.device.type != "cuda" or self.word.dtype not in (torch.float16, torch.bfloat16):
+            return False
+        try:
+            from torch.nn.attention.varlen import varlen_attn  # noqa: F401  (torch >= 2.9)
+
+            gen = torch.Generator(device="cpu").manual_seed(0)
+            bounds = [0, 37, 101]
+            qkv = torch.randn(bounds[-1], 3 * self.hidden, generator=gen).to(self.device, self.word.dtype)
+            fused = _Attention(bounds, self.heads, self.device, varlen=True)(qkv)
+            plain = _Attention(bounds, self.heads, self.device, varlen=False)(qkv)
+            ok = bool((fused.float() - plain.float()).abs().max() < 1e-2)
+        except Exception as exc:
+            logger.info("variable-length attention unavailable (%s); attending pair by pair", exc)
+            return False
+        if not ok:
+            logger.warning("variable-length attention disagrees with per-pair attention; not using it")
+        return ok
+
+
+class _Attention:
+    """Self-attention of each pair over its own tokens, on a packed ``[tokens, 3 * hidden]`` input.
+
+    On CUDA in half precision one fused variable-length flash-attention call covers the batch;
+    elsewhere each pair gets its own ``scaled_dot_product_attention`` call on views of the packed
+    matrix (a few microseconds each on CPU, where the matrix multiplies dominate).
+    """
+
+    def __init__(self, bounds: list[int], heads: int, device: torch.device, *, varlen: bool) -> None:
+        self.bounds = bounds
+        self.heads = heads
+        self.varlen = varlen
+        if varlen:
+            self.cu_seq = torch.tensor(bounds, dtype=torch.int32).to(device, non_blocking=True)
+            self.longest = max(b - a for a, b in itertools.pairwise(bounds))
+
+    def __call__(self, qkv: torch.Tensor) -> torch.Tensor:
+        tokens, width = qkv.shape
+        hidden = width // 3
+        dim = hidden // self.heads
+        split = qkv.view(tokens, 3, self.heads, dim)  # [tokens, 3, heads, dim]
+        if self.varlen:
+            from torch.nn.attention.varlen import varlen_attn
+
+            q, k, v = (split[:, i].contiguous() for i in range(3))
+            fused = varlen_attn(q, k, v, self.cu_seq, self.cu_seq, self.longest, self.longest)
+            assert isinstance(fused, torch.Tensor)  # no auxiliary outputs were requested
+            return fused.reshape(tokens, hidden)
+        out = qkv.new_empty(tokens, self.heads, dim)
+        for start, stop in itertools.pairwise(self.bounds):
+            # per pair [1, heads, length, dim] views of the packed matrix, no copies
+            q, k, v = (split[start:stop, i].transpose(0, 1).unsqueeze(0) for i in range(3))
+            out[start:stop] = F.scaled_dot_product_attention(q, k, v)[0].transpose(0, 1)
+        return out.view(tokens, hidden)
