@@ -449,6 +449,22 @@ def test_one_failing_request_fails_the_call() -> None:
         backend.score_pairs([("good", t) for t in TEXTS] + [("bad", "x")] + [("other", t) for t in TEXTS])
 
 
+def test_a_failure_stops_the_other_requests_retrying() -> None:
+    def handler(request: httpx.Request) -> httpx.Response:
+        if json.loads(request.content)["query"] == "bad":
+            return httpx.Response(400, json={"error": "bad request"})
+        return httpx.Response(503, json={"error": "overloaded"})
+
+    fake = FakeEngine("tei", *[handler] * 20)
+    config = RerankerConfig(backend="tei", base_url=BASE_URL, max_concurrent_requests=2)
+    backend = RemoteBackend(config, _transport=httpx.MockTransport(fake), _retry=_RetryPolicy(base_delay=2.0))
+    start = time.monotonic()
+    with pytest.raises(RemoteBackendError, match="HTTP 400"):
+        backend.score_pairs([("slow", "a"), ("bad", "b")])
+    assert time.monotonic() - start < 1.5  # the 503 would have waited 1 to 2 s before its retry
+    assert len(fake.requests) == 2
+
+
 @pytest.mark.parametrize("engine", ["cohere", "vllm"])
 def test_normalize_gives_the_engines_probability_back(engine: BackendName, with_transport: Any) -> None:
     probabilities = [0.0, 1e-9, 0.02, 0.5, 0.73, 0.999, 0.99999994, 1.0]

@@ -316,13 +316,17 @@ class RemoteBackend:
         failed = threading.Event()  # once one request fails for good, the others stop retrying
         with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="bge-rerank-remote") as pool:
             futures: list[Future[list[float]]] = [pool.submit(self._send, r, failed) for r in requests]
-            done, _ = wait(futures, return_when=FIRST_EXCEPTION)
-            errors = [f.exception() for f in futures if f in done and f.exception() is not None]
-            if errors:
+            try:
+                done, _ = wait(futures, return_when=FIRST_EXCEPTION)
+                errors = (f.exception() for f in futures if f in done)
+                first_error = next((e for e in errors if e is not None), None)
+                if first_error is not None:
+                    raise first_error
+            except BaseException:  # a failed request, or an interrupt while waiting
                 failed.set()
                 for future in futures:
                     future.cancel()
-                raise errors[0]  # type: ignore[misc]  # an exception, not None
+                raise
         for request, future in zip(requests, futures, strict=True):
             self._place(scores, request, future.result())
         return scores
