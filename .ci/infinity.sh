@@ -34,7 +34,7 @@ else
     python3 -m venv "$venv"
     # The CPU build of torch first: infinity-emb's bare `torch` requirement would pull CUDA wheels.
     pip_install "torch==2.13.0"
-    pip_install "infinity-emb[server,torch]"
+    pip_install "infinity-emb[server,torch]==0.0.78"  # the version these tests were checked against
     works || { echo "infinity.sh: infinity_emb does not start from $venv" >&2; exit 1; }
 fi
 echo "export BGE_INFINITY_VENV=$venv"

@@ -117,6 +117,8 @@ class RerankerConfig:
         _check_int("window_overlap", self.window_overlap, 0)
         _check_int("max_windows", self.max_windows, 1)
         min_room = self.max_length - _PAIR_SPECIAL_TOKENS - self.query_max_length
+        if self.long_passages == "window" and self.backend != "local":
+            raise ValueError("long_passages='window' needs backend='local'; serving engines truncate")
         if self.long_passages == "window" and self.resolved_window_overlap >= min_room:
             raise ValueError(
                 f"window_overlap ({self.window_overlap}) must be smaller than the passage room of a pair "

@@ -72,5 +72,7 @@ def test_window_settings_are_validated() -> None:
         Reranker(max_length=64, long_passages="window", window_overlap=12)
     with pytest.raises(ValueError, match="long_passages must be 'truncate' or 'window'"):
         Reranker(long_passages="chunk")  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match="needs backend='local'"):
+        Reranker(long_passages="window", backend="tei", base_url="http://127.0.0.1:9")
     with pytest.raises(ValueError, match="max_windows must be >= 1"):
         Reranker(long_passages="window", max_windows=0)
