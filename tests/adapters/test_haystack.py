@@ -463,7 +463,7 @@ def test_remote_and_serving_settings_round_trip_exactly(monkeypatch: pytest.Monk
         model="BAAI/bge-reranker-v2-m3",
         top_k=4,
         query_max_length=100,
-        long_passages="window",
+        long_passages="truncate",  # windows are local only
         window_overlap=32,
         max_windows=4,
         batch_wait_ms=2.5,
@@ -495,7 +495,7 @@ def test_remote_and_serving_settings_round_trip_exactly(monkeypatch: pytest.Monk
             "max_batch_tokens": None,
             "dtype": None,
             "query_max_length": 100,
-            "long_passages": "window",
+            "long_passages": "truncate",
             "window_overlap": 32,
             "max_windows": 4,
             "batch_wait_ms": 2.5,
@@ -523,7 +523,7 @@ def test_remote_and_serving_settings_round_trip_exactly(monkeypatch: pytest.Monk
         "http://127.0.0.1:9",
         "BGE_TEST_TEI_KEY",
     )
-    assert (config.long_passages, config.window_overlap, config.max_windows) == ("window", 32, 4)
+    assert (config.long_passages, config.window_overlap, config.max_windows) == ("truncate", 32, 4)
     assert (config.batch_wait_ms, config.request_timeout, config.verify_tls) == (2.5, 7.5, False)
     assert not restored.reranker.is_loaded
 

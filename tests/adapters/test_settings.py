@@ -17,11 +17,21 @@ from bge_rerank_integrations.haystack import BGERanker
 from bge_rerank_integrations.langchain import BGECrossEncoder, BGERerankCompressor
 from bge_rerank_integrations.llamaindex import BGERerank
 
+LOCAL: dict[str, Any] = {
+    "model": "some/local-model",
+    "long_passages": "window",
+    "window_overlap": 32,
+    "max_windows": 4,
+    "batch_wait_ms": 1.5,
+    "max_length": 1024,
+    "local_files_only": True,
+}
+"""Long-passage and batching settings no other test uses (a model that is never loaded)."""
+
 REMOTE: dict[str, Any] = {
     "model": "BAAI/bge-reranker-v2-m3",
     "backend": "tei",
     "base_url": "http://127.0.0.1:9",
-    "long_passages": "window",
     "batch_wait_ms": 2.0,
     "request_timeout": 3.0,
     "max_concurrent_requests": 2,
@@ -96,14 +106,18 @@ def test_haystack_takes_every_setting_and_saves_it() -> None:
     assert expected <= set(BGERanker().to_dict()["init_parameters"])
 
 
+@pytest.mark.parametrize("settings", [REMOTE, LOCAL], ids=["remote", "local"])
 @pytest.mark.parametrize("build", BUILDERS)
-def test_remote_settings_reach_the_core_and_nothing_is_loaded_or_contacted(
-    build: Callable[..., Reranker], no_connections: list[object], monkeypatch: pytest.MonkeyPatch
+def test_settings_reach_the_core_and_nothing_is_loaded_or_contacted(
+    build: Callable[..., Reranker],
+    settings: dict[str, Any],
+    no_connections: list[object],
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     monkeypatch.setenv(KEY_ENV, "sk-test")
-    core = build(**REMOTE)
+    core = build(**settings)
     config = core.config
-    for name, value in REMOTE.items():
+    for name, value in settings.items():
         assert getattr(config, name) == value, name
     assert config.api_key_env == KEY_ENV
     assert not core.is_loaded
@@ -117,14 +131,21 @@ def test_equal_settings_share_one_core_across_frameworks(monkeypatch: pytest.Mon
     assert llamaindex(**{**REMOTE, "batch_wait_ms": 3.0}) is not cores[0]
 
 
-def test_settings_read_back_and_survive_llamaindex_serialization() -> None:
-    rerank = BGERerank(**REMOTE, api_key_env=KEY_ENV)
-    compressor = BGERerankCompressor(**REMOTE, api_key_env=KEY_ENV)
-    for name, value in {**REMOTE, "api_key_env": KEY_ENV}.items():
+@pytest.mark.parametrize("settings", [REMOTE, LOCAL], ids=["remote", "local"])
+def test_settings_read_back_and_survive_llamaindex_serialization(settings: dict[str, Any]) -> None:
+    rerank = BGERerank(**settings, api_key_env=KEY_ENV)
+    compressor = BGERerankCompressor(**settings, api_key_env=KEY_ENV)
+    for name, value in {**settings, "api_key_env": KEY_ENV}.items():
         assert getattr(rerank, name) == value, name
         assert getattr(compressor, name) == value, name
     again = BGERerank.from_dict(rerank.to_dict())
     assert again.reranker is rerank.reranker
+
+
+def test_windows_with_a_remote_backend_are_refused_by_every_adapter() -> None:
+    for build in BUILDERS:
+        with pytest.raises(ValueError, match="long_passages='window' needs backend='local'"):
+            build(**REMOTE, long_passages="window")
 
 
 def test_a_device_list_passes_through(no_connections: list[object]) -> None:
