@@ -1,0 +1,257 @@
+"""The scorers under test, behind one small interface: load, score pairs, count computed tokens.
+
+Every contender gets the same (query, passage) pairs and returns raw logits (no sigmoid), so scores
+compare directly. Padded tokens are counted where they are spent: a forward pre-hook on the
+``transformers`` model counts the ``input_ids`` elements of every forward pass (the reference's
+repeated first batch included); our packed path reports its own count.
+"""
+
+from __future__ import annotations
+
+import importlib
+import importlib.util
+import sys
+import types
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+
+__all__ = ["CONTENDERS", "Contender", "ContenderSpec", "load_flag_reranker_class"]
+
+
+@dataclass(frozen=True)
+class ContenderSpec:
+    """How to build one contender."""
+
+    name: str
+    kind: str  # "ours", "flag", "cross-encoder"
+    description: str
+    options: dict[str, Any] = field(default_factory=dict)
+
+
+def _specs(device: str) -> list[ContenderSpec]:
+    cuda = device.startswith("cuda")
+    specs = [
+        ContenderSpec(
+            "ours", "ours", "this package, dtype auto (fp16 on CUDA, fp32 on CPU)", {"dtype": "auto"}
+        ),
+    ]
+    if not cuda:
+        specs.append(
+            ContenderSpec("ours-bf16", "ours", "this package, dtype=bfloat16", {"dtype": "bfloat16"})
+        )
+    specs += [
+        ContenderSpec(
+            "flag-default",
+            "flag",
+            "FlagEmbedding FlagReranker at its defaults (batch_size=128, use_fp16=False)",
+            {"use_fp16": False, "batch_size": 128},
+        ),
+        ContenderSpec(
+            "flag-best",
+            "flag",
+            "FlagReranker, best settings: use_fp16=True, one device"
+            if cuda
+            else "FlagReranker, best settings on CPU: batch_size=16 (fp32; use_fp16 is ignored on CPU)",
+            {"use_fp16": True, "batch_size": 128} if cuda else {"use_fp16": False, "batch_size": 16},
+        ),
+        ContenderSpec(
+            "cross-encoder",
+            "cross-encoder",
+            "sentence-transformers CrossEncoder, batch_size=32" + (", fp16" if cuda else ", fp32"),
+            {"fp16": cuda, "batch_size": 32},
+        ),
+    ]
+    return specs
+
+
+CONTENDERS = {"cpu": [s.name for s in _specs("cpu")], "cuda": [s.name for s in _specs("cuda")]}
+
+
+class Contender:
+    """A loaded scorer. ``score`` returns raw logits in input order."""
+
+    def __init__(self, spec: ContenderSpec, model_dir: str, device: str, max_length: int) -> None:
+        self.spec = spec
+        self.name = spec.name
+        self.device = device
+        self.max_length = max_length
+        self.computed_tokens = 0  # tokens that went through the model, padding included
+        self.import_note = ""
+        self._hooks: list[Any] = []
+        self._impl: Any = None
+        self._stats: Any = None
+        getattr(self, f"_load_{spec.kind.replace('-', '_')}")(model_dir)
+
+    # -- loading -----------------------------------------------------------------------------------
+    def _load_ours(self, model_dir: str) -> None:
+        from bge_rerank_integrations import Reranker
+
+        rr = Reranker(
+            model_dir, device=self.device, dtype=self.spec.options["dtype"], max_length=self.max_length
+        )
+        rr.load()
+        self._impl = rr
+        backend: Any = rr._backend  # the benchmark reads the backend's token counters
+        self._stats = getattr(backend, "stats", None)
+        if self._stats is None:
+            self._hook(backend._model)
+        self.dtype = str(next(backend._model.parameters()).dtype).removeprefix("torch.")
+
+    def _load_flag(self, model_dir: str) -> None:
+        cls, self.import_note = load_flag_reranker_class()
+        opts = self.spec.options
+        devices = [self.device] if self.device.startswith("cuda") else "cpu"
+        flag = cls(
+            model_dir,
+            use_fp16=opts["use_fp16"],
+            batch_size=opts["batch_size"],
+            max_length=self.max_length,
+            devices=devices,
+        )
+        self._impl = flag
+        self._hook(flag.model)
+        on_cuda = self.device.startswith("cuda")
+        self.dtype = "float16" if opts["use_fp16"] and on_cuda else "float32"
+
+    def _load_cross_encoder(self, model_dir: str) -> None:
+        from sentence_transformers import CrossEncoder
+
+        opts = self.spec.options
+        kwargs: dict[str, Any] = {"dtype": torch.float16} if opts["fp16"] else {}
+        ce = CrossEncoder(
+            model_dir,
+            device=self.device,
+            max_length=self.max_length,
+            model_kwargs=kwargs,
+            activation_fn=torch.nn.Identity(),
+        )
+        self._impl = ce
+        self._hook(_find_transformers_model(ce))
+        self.dtype = "float16" if opts["fp16"] else "float32"
+
+    def _hook(self, model: Any) -> None:
+        """Count the ids entering ``model``'s encoder (called as a module even when the head's
+        ``forward`` is called directly, as sentence-transformers does)."""
+        model = getattr(model, "base_model", model)
+
+        def count(_module: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:
+            ids = kwargs.get("input_ids")
+            if ids is None and args:
+                ids = args[0]
+            if ids is not None:
+                self.computed_tokens += int(ids.numel())
+
+        self._hooks.append(model.register_forward_pre_hook(count, with_kwargs=True))
+
+    # -- scoring -----------------------------------------------------------------------------------
+    def score(self, pairs: Sequence[tuple[str, str]]) -> list[float]:
+        """Raw logits of ``pairs``, in input order."""
+        kind = self.spec.kind
+        before = self._stats.computed_tokens if self._stats is not None else 0
+        if kind == "ours":
+            out = self._impl.score_pairs(list(pairs))
+        elif kind == "flag":
+            out = self._impl.compute_score([list(p) for p in pairs], normalize=False)
+            out = [out] if isinstance(out, float) else list(out)
+        else:
+            arr = self._impl.predict(
+                list(pairs), batch_size=self.spec.options["batch_size"], show_progress_bar=False
+            )
+            out = [float(x) for x in arr]
+        if self._stats is not None:
+            self.computed_tokens += self._stats.computed_tokens - before
+        return [float(x) for x in out]
+
+    def token_ids(self, pairs: Sequence[tuple[str, str]]) -> list[list[int]]:
+        """The ids this contender feeds the model for ``pairs`` (before padding)."""
+        if self.spec.kind == "ours":
+            encoder = self._impl._backend._encoder
+            return [list(x) for x in encoder.encode(list(pairs))]
+        if self.spec.kind == "flag":
+            from FlagEmbedding.utils.tokenizer_compat import prepare_for_model_compat
+
+            tok = self._impl.tokenizer
+            qmax = self.max_length * 3 // 4
+            out = []
+            for q, p in pairs:
+                q_ids = tok(q, add_special_tokens=False, max_length=qmax, truncation=True)["input_ids"]
+                p_ids = tok(p, add_special_tokens=False, max_length=self.max_length, truncation=True)[
+                    "input_ids"
+                ]
+                item = prepare_for_model_compat(
+                    tok, q_ids, p_ids, truncation="only_second", max_length=self.max_length, padding=False
+                )
+                out.append(list(item["input_ids"]))
+            return out
+        tok = self._impl.tokenizer
+        enc = tok([q for q, _ in pairs], [p for _, p in pairs], truncation=True, max_length=self.max_length)
+        return [list(x) for x in enc["input_ids"]]
+
+    def close(self) -> None:
+        """Drop hooks and the model."""
+        for h in self._hooks:
+            h.remove()
+        self._hooks.clear()
+        self._impl = None
+
+
+def build_specs(device: str, names: Sequence[str] | None) -> list[ContenderSpec]:
+    """The contenders for ``device``, optionally only those in ``names`` (in that order)."""
+    specs = {s.name: s for s in _specs(device)}
+    if not names:
+        return list(specs.values())
+    unknown = [n for n in names if n not in specs]
+    if unknown:
+        raise SystemExit(f"unknown contender(s) {unknown}; choose from {', '.join(specs)}")
+    return [specs[n] for n in names]
+
+
+def _find_transformers_model(obj: Any) -> Any:
+    from transformers import PreTrainedModel
+
+    for module in obj.modules():
+        if isinstance(module, PreTrainedModel):
+            return module
+    raise RuntimeError("no transformers model inside the CrossEncoder")
+
+
+def load_flag_reranker_class() -> tuple[Any, str]:
+    """FlagEmbedding's ``FlagReranker`` class, and how it was imported.
+
+    ``from FlagEmbedding import FlagReranker`` imports the whole package, training side included
+    (datasets, peft, pyarrow, ...). Where those are missing (a bare GPU machine with only the wheels
+    this suite carries), the same class is loaded from its own module without the package's
+    ``__init__`` files: the reranker code itself needs only torch, numpy, tqdm and transformers.
+    """
+    try:
+        from FlagEmbedding import FlagReranker
+
+        return FlagReranker, "from FlagEmbedding import FlagReranker"
+    except ImportError as exc:
+        reason = f"{type(exc).__name__}: {exc}"
+    spec = importlib.util.find_spec("FlagEmbedding")
+    if spec is None or not spec.submodule_search_locations:
+        raise ImportError("FlagEmbedding is not installed") from None
+    root = next(iter(spec.submodule_search_locations))
+    for name in list(sys.modules):
+        if name == "FlagEmbedding" or name.startswith("FlagEmbedding."):
+            del sys.modules[name]
+    for pkg in (
+        "",
+        ".abc",
+        ".abc.inference",
+        ".inference",
+        ".inference.reranker",
+        ".inference.reranker.encoder_only",
+        ".utils",
+    ):
+        mod = types.ModuleType("FlagEmbedding" + pkg)
+        mod.__path__ = [root + pkg.replace(".", "/")]
+        sys.modules["FlagEmbedding" + pkg] = mod
+    abs_reranker = importlib.import_module("FlagEmbedding.abc.inference.AbsReranker")
+    sys.modules["FlagEmbedding.abc.inference"].AbsReranker = abs_reranker.AbsReranker  # type: ignore[attr-defined]
+    base = importlib.import_module("FlagEmbedding.inference.reranker.encoder_only.base")
+    return base.BaseReranker, f"FlagEmbedding's encoder_only.base.BaseReranker, imported directly ({reason})"

@@ -1,0 +1,515 @@
+"""Benchmark this package's core against FlagReranker and CrossEncoder, side by side in one process.
+
+    python -m benchmarks.run --subject small --scale cpu --out bench-out/cpu
+    python -m benchmarks.run --subject full --scale gpu --device cuda --out "$OUT"
+
+For each workload every contender is loaded, scores the warm-up request (untimed; its scores and
+token ids are checked against ours before any timing), then the timed requests run interleaved: request
+by request, each contender in turn, the order rotating, so that a slower or busier moment of the
+machine hits all contenders alike. Writes ``results.json`` (every call's time and all settings) and
+``results.md`` (the tables) into the output folder.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import gc
+import json
+import logging
+import os
+import platform
+import statistics
+import sys
+import threading
+import time
+from collections.abc import Sequence
+from dataclasses import asdict
+from pathlib import Path
+from typing import Any
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+os.environ.setdefault("TQDM_DISABLE", "1")
+
+import torch
+
+from benchmarks.contenders import Contender, ContenderSpec, build_specs
+from benchmarks.workloads import Workload, make_workloads
+
+__all__ = ["SUBJECTS", "main", "run"]
+
+log = logging.getLogger("benchmarks")
+
+SUBJECTS = {
+    # name: (ModelShape keyword arguments, note)
+    "tiny": {},  # TINY_SHAPE: 2 layers, hidden 64 (smoke test)
+    "small": {
+        "num_hidden_layers": 6,
+        "hidden_size": 384,
+        "num_attention_heads": 6,
+        "intermediate_size": 1536,
+        "initializer_range": 0.1,
+    },
+    "full": "FULL_SHAPE",  # bge-reranker-v2-m3: 24 layers, hidden 1024, vocab 250002
+}
+
+# Scores must agree with ours this closely before a contender is timed (fp32 vs fp32: float rounding
+# of different batch shapes; half precision: rounding of fp16/bf16 activations).
+TOLERANCE = {"float32": 1e-4, "float16": 5e-2, "bfloat16": 2.5e-1}
+
+
+def build_subject(name: str, folder: Path) -> Path:
+    """Build (once) the random subject model ``name`` into ``folder``."""
+    from bge_rerank_integrations.testing import FULL_SHAPE, TINY_SHAPE, ModelShape, build_test_model
+
+    marker = folder / "bge_test_model.json"
+    if marker.exists():
+        return folder
+    shape = SUBJECTS[name]
+    if shape == "FULL_SHAPE":
+        model_shape = FULL_SHAPE
+    elif not shape:
+        model_shape = TINY_SHAPE
+    else:
+        assert isinstance(shape, dict)
+        model_shape = ModelShape(**shape)
+    t0 = time.perf_counter()
+    build_test_model(folder, shape=model_shape)
+    log.info("built subject %s in %s (%.1f s)", name, folder, time.perf_counter() - t0)
+    return folder
+
+
+# -- machine facts ---------------------------------------------------------------------------------
+def machine_info(device: str) -> dict[str, Any]:
+    """CPU model, cores, GPU, library versions, load."""
+    import tokenizers
+    import transformers
+
+    info: dict[str, Any] = {
+        "date": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "transformers": transformers.__version__,
+        "tokenizers": tokenizers.__version__,
+        "cpu": _cpu_model(),
+        "cpu_count": os.cpu_count(),
+        "torch_threads": torch.get_num_threads(),
+        "loadavg_start": os.getloadavg(),
+        "device": device,
+    }
+    for pkg in ("FlagEmbedding", "sentence_transformers"):
+        try:
+            from importlib.metadata import version
+
+            info[pkg] = version(pkg if pkg != "sentence_transformers" else "sentence-transformers")
+        except Exception:
+            info[pkg] = None
+    if device.startswith("cuda"):
+        props = torch.cuda.get_device_properties(torch.device(device))
+        info["gpu"] = props.name
+        info["gpu_memory_gib"] = round(props.total_memory / 2**30, 1)
+        info["cuda"] = torch.version.cuda
+    return info
+
+
+def _cpu_model() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor()
+
+
+def matmul_peak(device: str, dtype: torch.dtype, seconds: float = 1.5) -> float:
+    """Best FLOP/s of a square matmul (2048 on CPU, 8192 on GPU), measured now."""
+    n = 8192 if device.startswith("cuda") else 2048
+    a = torch.randn(n, n, device=device, dtype=dtype)
+    b = torch.randn(n, n, device=device, dtype=dtype)
+    best = 0.0
+    deadline = time.perf_counter() + seconds
+    a @ b
+    _sync(device)
+    while time.perf_counter() < deadline:
+        t0 = time.perf_counter()
+        a @ b
+        _sync(device)
+        best = max(best, 2 * n**3 / (time.perf_counter() - t0))
+    return best
+
+
+def _sync(device: str) -> None:
+    if device.startswith("cuda"):
+        torch.cuda.synchronize()
+
+
+def forward_flops(lengths: Sequence[int], config: dict[str, Any]) -> float:
+    """Forward FLOPs of real tokens: linear layers, attention scores and mix, classifier head."""
+    h = config["hidden_size"]
+    i = config["intermediate_size"]
+    layers = config["num_hidden_layers"]
+    total = 0.0
+    for n in lengths:
+        linear = 2 * n * (4 * h * h + 2 * h * i)
+        attention = 4 * n * n * h
+        total += layers * (linear + attention) + 2 * (h * h + h)
+    return total
+
+
+class _PeakRSS:
+    """Samples the process's resident memory (Linux ``/proc``) in a thread while a call runs."""
+
+    def __init__(self, interval: float = 0.005) -> None:
+        self._interval = interval
+        self.peak = 0
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._loop, daemon=True)
+
+    @staticmethod
+    def rss() -> int:
+        try:
+            with open("/proc/self/statm", "rb") as f:
+                return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+        except (OSError, ValueError):
+            return 0
+
+    def _loop(self) -> None:
+        while not self._stop.is_set():
+            self.peak = max(self.peak, self.rss())
+            self._stop.wait(self._interval)
+
+    def __enter__(self) -> _PeakRSS:
+        self.start = self.rss()
+        self.peak = self.start
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join()
+        self.peak = max(self.peak, self.rss())
+
+
+# -- one workload ----------------------------------------------------------------------------------
+def _pairs(query: str, passages: Sequence[str]) -> list[tuple[str, str]]:
+    return [(query, p) for p in passages]
+
+
+def _top10_agreement(ref: Sequence[float], other: Sequence[float]) -> tuple[bool, float]:
+    """Whether the top-10 order is identical, and the overlap of the top-10 sets."""
+    k = min(10, len(ref))
+    a = sorted(range(len(ref)), key=lambda i: -ref[i])[:k]
+    b = sorted(range(len(other)), key=lambda i: -other[i])[:k]
+    return a == b, len(set(a) & set(b)) / k if k else 1.0
+
+
+def load_contenders(
+    specs: Sequence[ContenderSpec], model_dir: str, device: str, max_length: int
+) -> list[Contender]:
+    """Load every contender for pairs of up to ``max_length`` tokens."""
+    contenders = []
+    for spec in specs:
+        t0 = time.perf_counter()
+        contenders.append(Contender(spec, model_dir, device, max_length))
+        log.info("  loaded %s (max_length %d) in %.1f s", spec.name, max_length, time.perf_counter() - t0)
+    return contenders
+
+
+def close_contenders(contenders: list[Contender], device: str) -> None:
+    """Drop the contenders' models and give the memory back."""
+    for c in contenders:
+        c.close()
+    contenders.clear()
+    gc.collect()
+    if device.startswith("cuda"):
+        torch.cuda.empty_cache()
+
+
+def run_workload(
+    workload: Workload,
+    contenders: list[Contender],
+    device: str,
+    model_config: dict[str, Any],
+    peaks: dict[str, float],
+) -> dict[str, Any]:
+    """Check agreement, then time the requests with loaded ``contenders`` (ours first)."""
+    log.info("workload %s: %s", workload.name, workload.description)
+    result: dict[str, Any] = {
+        "name": workload.name,
+        "description": workload.description,
+        "max_length": workload.max_length,
+        "pairs": workload.num_pairs,
+        "contenders": {},
+    }
+    ours = contenders[0]
+    for c in contenders:
+        c.computed_tokens = 0
+
+    # token ids: what every contender feeds the model; all requests' pairs
+    requests = [_pairs(r.query, r.passages) for r in workload.requests]
+    all_pairs = [p for r in requests for p in r]
+    our_ids = ours.token_ids(all_pairs)
+    lengths = [len(x) for x in our_ids]
+    result["real_tokens"] = sum(lengths)
+    result["mean_pair_tokens"] = round(sum(lengths) / len(lengths), 1)
+    result["max_pair_tokens"] = max(lengths)
+    result["flops"] = forward_flops(lengths, model_config)
+
+    # warm-up and agreement, before timing
+    warm = _pairs(workload.warmup.query, workload.warmup.passages)
+    reference = ours.score(warm)
+    for c in contenders:
+        rec: dict[str, Any] = {"description": c.spec.description, "dtype": c.dtype}
+        if c.import_note:
+            rec["import"] = c.import_note
+        ids = c.token_ids(all_pairs) if c is not ours else our_ids
+        rec["same_token_ids"] = sum(a == b for a, b in zip(ids, our_ids, strict=True))
+        scores = c.score(warm) if c is not ours else reference
+        delta = max(abs(a - b) for a, b in zip(scores, reference, strict=True))
+        tolerance = TOLERANCE[c.dtype] if c.dtype != ours.dtype else TOLERANCE[ours.dtype]
+        rec["warmup_max_abs_delta"] = delta
+        rec["agrees"] = delta <= tolerance
+        if not rec["agrees"]:
+            log.warning("  %s disagrees with ours on the warm-up: max |delta| %.3g", c.name, delta)
+        c.computed_tokens = 0
+        rec.update(
+            calls=[], call_real_tokens=[], host_peak_mib=0.0, gpu_peak_mib=0.0, scores=[None] * len(requests)
+        )
+        result["contenders"][c.name] = rec
+
+    # timed requests, interleaved and rotating
+    calls: list[list[tuple[str, str]]] = requests if workload.per_request else [all_pairs]
+    for k, pairs in enumerate(calls):
+        order = contenders[k % len(contenders) :] + contenders[: k % len(contenders)]
+        for c in order:
+            rec = result["contenders"][c.name]
+            if device.startswith("cuda"):
+                torch.cuda.synchronize()
+                torch.cuda.reset_peak_memory_stats()
+                gpu_base = torch.cuda.memory_allocated()
+            with _PeakRSS() as rss:
+                t0 = time.perf_counter()
+                scores = c.score(pairs)
+                _sync(device)
+                elapsed = time.perf_counter() - t0
+            rec["calls"].append(elapsed)
+            rec["host_peak_mib"] = max(rec["host_peak_mib"], (rss.peak - rss.start) / 2**20)
+            if device.startswith("cuda"):
+                rec["gpu_peak_mib"] = max(
+                    rec["gpu_peak_mib"], (torch.cuda.max_memory_allocated() - gpu_base) / 2**20
+                )
+            if workload.per_request:
+                rec["scores"][k] = scores
+            else:
+                cut = 0
+                for j, r in enumerate(requests):
+                    rec["scores"][j] = scores[cut : cut + len(r)]
+                    cut += len(r)
+        log.info(
+            "  call %d/%d: %s",
+            k + 1,
+            len(calls),
+            ", ".join(f"{c.name} {result['contenders'][c.name]['calls'][-1]:.2f}s" for c in contenders),
+        )
+
+    # metrics
+    ours_rec = result["contenders"][ours.name]
+    for c in contenders:
+        rec = result["contenders"][c.name]
+        total = sum(rec["calls"])
+        rec["seconds"] = total
+        rec["pairs_per_s"] = workload.num_pairs / total
+        rec["tokens_per_s"] = result["real_tokens"] / total
+        rec["padding"] = c.computed_tokens / result["real_tokens"]
+        rec["computed_tokens"] = c.computed_tokens
+        if workload.per_request:
+            ms = sorted(x * 1e3 for x in rec["calls"])
+            rec["latency_p50_ms"] = statistics.median(ms)
+            rec["latency_p90_ms"] = _percentile(ms, 0.9)
+        peak = peaks.get(c.dtype)
+        rec["flops_per_s"] = result["flops"] / total
+        rec["matmul_peak_flops_per_s"] = peak
+        rec["flops_fraction_of_peak"] = rec["flops_per_s"] / peak if peak else None
+        flat = [s for r in rec["scores"] for s in r]
+        ref = [s for r in ours_rec["scores"] for s in r]
+        rec["max_abs_delta_vs_ours"] = max(abs(a - b) for a, b in zip(flat, ref, strict=True))
+        agreement = [_top10_agreement(a, b) for a, b in zip(ours_rec["scores"], rec["scores"], strict=True)]
+        rec["top10_same_order"] = sum(same for same, _ in agreement) / len(agreement)
+        rec["top10_overlap"] = sum(ov for _, ov in agreement) / len(agreement)
+    for c in contenders:  # ratios once ours is final
+        rec = result["contenders"][c.name]
+        rec["ours_speedup"] = ours_rec["pairs_per_s"] / rec["pairs_per_s"]
+    for rec in result["contenders"].values():
+        del rec["scores"]
+    return result
+
+
+def _percentile(sorted_values: Sequence[float], q: float) -> float:
+    """Linear-interpolated percentile of already sorted values."""
+    if len(sorted_values) == 1:
+        return sorted_values[0]
+    pos = q * (len(sorted_values) - 1)
+    lo = int(pos)
+    hi = min(lo + 1, len(sorted_values) - 1)
+    return sorted_values[lo] + (sorted_values[hi] - sorted_values[lo]) * (pos - lo)
+
+
+# -- report ----------------------------------------------------------------------------------------
+def markdown(report: dict[str, Any]) -> str:
+    """The tables of ``report`` as markdown."""
+    m = report["machine"]
+    lines = [
+        f"# Benchmark: subject `{report['subject']}`, scale `{report['scale']}`, device `{m['device']}`",
+        "",
+        f"{m['date']}; CPU {m['cpu']} ({m['cpu_count']} cores, torch threads {m['torch_threads']})"
+        + (f"; GPU {m['gpu']} ({m['gpu_memory_gib']} GiB), CUDA {m['cuda']}" if "gpu" in m else "")
+        + f"; load average at start {m['loadavg_start'][0]:.2f}, at end {m['loadavg_end'][0]:.2f}.",
+        f"torch {m['torch']}, transformers {m['transformers']}, tokenizers {m['tokenizers']}, "
+        f"FlagEmbedding {m['FlagEmbedding']}, sentence-transformers {m['sentence_transformers']}, "
+        f"Python {m['python']}.",
+        "Matmul peak measured in this run: "
+        + ", ".join(f"{k} {v / 1e9:,.0f} GFLOP/s" for k, v in report["matmul_peak_flops_per_s"].items())
+        + ".",
+        f"Command: `{report['command']}`",
+        "",
+    ]
+    for w in report["workloads"]:
+        lines += [
+            f"## {w['name']}: {w['description']}",
+            "",
+            f"{w['pairs']} timed pairs, {w['real_tokens']:,} real tokens "
+            f"(mean {w['mean_pair_tokens']} a pair, longest {w['max_pair_tokens']}), "
+            f"max_length {w['max_length']}.",
+            "",
+            "| contender | dtype | pairs/s | ours is N x | p50 ms | p90 ms | tokens/s | computed/real tokens "
+            "| peak host MiB | peak GPU MiB | real-token GFLOP/s | of matmul peak | max abs delta vs ours "
+            "| top-10 same order |",
+            "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+        ]
+        for name, c in w["contenders"].items():
+            p50 = f"{c['latency_p50_ms']:,.0f}" if "latency_p50_ms" in c else "-"
+            p90 = f"{c['latency_p90_ms']:,.0f}" if "latency_p90_ms" in c else "-"
+            frac = f"{c['flops_fraction_of_peak']:.0%}" if c["flops_fraction_of_peak"] is not None else "-"
+            gpu = f"{c['gpu_peak_mib']:,.0f}" if m["device"].startswith("cuda") else "-"
+            agree = "" if c["agrees"] else " (DISAGREES)"
+            lines.append(
+                f"| {name} | {c['dtype']} | {c['pairs_per_s']:,.1f} | {c['ours_speedup']:.2f} "
+                f"| {p50} | {p90} | {c['tokens_per_s']:,.0f} | {c['padding']:.2f} "
+                f"| {c['host_peak_mib']:,.0f} | {gpu} "
+                f"| {c['flops_per_s'] / 1e9:,.1f} | {frac} | {c['max_abs_delta_vs_ours']:.2g}{agree} "
+                f"| {c['top10_same_order']:.0%} |"
+            )
+        lines.append("")
+        notes = [
+            f"- {n}: {c['description']}"
+            + (f"; {c['import']}" if "import" in c else "")
+            + f"; identical token ids on {c['same_token_ids']}/{w['pairs']} pairs"
+            for n, c in w["contenders"].items()
+        ]
+        lines += [*notes, ""]
+    return "\n".join(lines)
+
+
+def run(
+    *,
+    subject: str,
+    scale: str,
+    device: str,
+    out: Path,
+    models: Path,
+    contenders: Sequence[str] | None = None,
+    workloads: Sequence[str] | None = None,
+    command: str = "",
+    model_dir: Path | None = None,
+    peak_seconds: float = 1.5,
+) -> dict[str, Any]:
+    """Run the suite; write ``results.json`` and ``results.md`` into ``out``; return the report.
+
+    ``model_dir`` uses an existing subject folder instead of building ``subject`` under ``models``.
+    """
+    out.mkdir(parents=True, exist_ok=True)
+    if model_dir is None:
+        model_dir = build_subject(subject, models / subject)
+    model_config = json.loads((model_dir / "config.json").read_text())
+    specs = build_specs(device, contenders)
+    if specs[0].kind != "ours":
+        raise SystemExit("the first contender must be one of ours (the reference for ratios)")
+    info = machine_info(device)
+    peaks = {"float32": matmul_peak(device, torch.float32, peak_seconds)}
+    half = torch.float16 if device.startswith("cuda") else torch.bfloat16
+    peaks[str(half).removeprefix("torch.")] = matmul_peak(device, half, peak_seconds)
+    log.info("matmul peak: %s", {k: f"{v / 1e9:.0f} GFLOP/s" for k, v in peaks.items()})
+    chosen = [w for w in make_workloads(model_dir, scale) if not workloads or w.name in workloads]
+    report: dict[str, Any] = {
+        "subject": subject,
+        "subject_config": {
+            k: model_config[k]
+            for k in (
+                "num_hidden_layers",
+                "hidden_size",
+                "num_attention_heads",
+                "intermediate_size",
+                "vocab_size",
+            )
+        },
+        "scale": scale,
+        "command": command,
+        "machine": info,
+        "matmul_peak_flops_per_s": peaks,
+        "contender_specs": [asdict(s) for s in specs],
+        "workloads": [],
+    }
+    t0 = time.perf_counter()
+    loaded: list[Contender] = []
+    loaded_for = 0
+    for w in chosen:
+        if w.max_length != loaded_for:  # workloads of one max_length share the loaded contenders
+            close_contenders(loaded, device)
+            loaded = load_contenders(specs, str(model_dir), device, w.max_length)
+            loaded_for = w.max_length
+        report["workloads"].append(run_workload(w, loaded, device, model_config, peaks))
+        (out / "results.json").write_text(json.dumps(report, indent=1))  # partial results survive a timeout
+    close_contenders(loaded, device)
+    info["loadavg_end"] = os.getloadavg()
+    info["seconds"] = round(time.perf_counter() - t0, 1)
+    (out / "results.json").write_text(json.dumps(report, indent=1))
+    (out / "results.md").write_text(markdown(report))
+    return report
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Command line entry point."""
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
+    parser.add_argument("--subject", choices=sorted(SUBJECTS), default="small")
+    parser.add_argument("--scale", choices=["cpu", "gpu", "smoke"], default="cpu")
+    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    parser.add_argument("--out", type=Path, default=Path("bench-out"))
+    parser.add_argument("--models", type=Path, default=Path(".models/bench"), help="where subjects are built")
+    parser.add_argument("--contenders", help="comma-separated subset, ours first")
+    parser.add_argument("--workloads", help="comma-separated subset of interactive,throughput,long")
+    parser.add_argument("--threads", type=int, help="torch CPU threads (default: torch's choice)")
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s", stream=sys.stderr)
+    for noisy in ("transformers", "sentence_transformers", "FlagEmbedding", "httpx"):
+        logging.getLogger(noisy).setLevel(logging.ERROR)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    report = run(
+        subject=args.subject,
+        scale=args.scale,
+        device=args.device,
+        out=args.out,
+        models=args.models,
+        contenders=args.contenders.split(",") if args.contenders else None,
+        workloads=args.workloads.split(",") if args.workloads else None,
+        command="python -m benchmarks.run " + " ".join(sys.argv[1:] if argv is None else argv),
+    )
+    print(markdown(report))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

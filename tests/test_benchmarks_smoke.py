@@ -1,0 +1,43 @@
+"""The benchmark suite runs end to end on the tiny model, so it cannot rot between real runs."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+pytest.importorskip("FlagEmbedding")
+pytest.importorskip("sentence_transformers")
+
+
+@pytest.mark.slow
+def test_benchmark_suite_runs_and_every_contender_agrees(model_dir: Path, tmp_path: Path) -> None:
+    from benchmarks.run import run
+
+    report = run(
+        subject="tiny",
+        scale="smoke",
+        device="cpu",
+        out=tmp_path,
+        models=tmp_path / "models",
+        model_dir=model_dir,
+        peak_seconds=0.05,
+    )
+
+    assert json.loads((tmp_path / "results.json").read_text())["scale"] == "smoke"
+    table = (tmp_path / "results.md").read_text()
+    assert [w["name"] for w in report["workloads"]] == ["interactive", "throughput", "long"]
+    for workload in report["workloads"]:
+        assert f"## {workload['name']}" in table
+        contenders = workload["contenders"]
+        assert list(contenders) == ["ours", "ours-bf16", "flag-default", "flag-best", "cross-encoder"]
+        for name, result in contenders.items():
+            assert result["agrees"], (workload["name"], name, result["warmup_max_abs_delta"])
+            assert result["same_token_ids"] == workload["pairs"], (workload["name"], name)
+            assert result["pairs_per_s"] > 0
+            assert result["computed_tokens"] >= workload["real_tokens"] > 0
+            if result["dtype"] == "float32":
+                assert result["max_abs_delta_vs_ours"] < 1e-4, (workload["name"], name)
+        assert contenders["ours"]["padding"] == 1.0  # the padding-free forward computes real tokens only
+        assert contenders["flag-default"]["padding"] > 1.0  # the reference pads and repeats its first batch
