@@ -13,7 +13,7 @@ from contextlib import contextmanager
 from typing import Any
 
 try:
-    from llama_index.core.bridge.pydantic import ConfigDict, Field, PrivateAttr, field_validator
+    from llama_index.core.bridge.pydantic import ConfigDict, Field, field_validator
     from llama_index.core.callbacks import CallbackManager, CBEventType, EventPayload
 
     # The documented path; it re-exports llama-index-instrumentation's without marking it exported.
@@ -27,26 +27,20 @@ except ImportError as exc:
         'pip install "bge-rerank-integrations[llamaindex]"'
     ) from exc
 
-from bge_rerank_integrations.adapter_support import (
-    MODEL_SETTINGS,
-    adapter_reranker,
-    check_top,
-    text_with_meta,
-)
-from bge_rerank_integrations.config import DEFAULT_MODEL, BackendName, LongPassages, RerankerConfig
+from bge_rerank_integrations.adapter_support import check_top, text_with_meta
+from bge_rerank_integrations.config import BackendName, LongPassages
+from bge_rerank_integrations.pydantic_settings import RerankerSettings
 from bge_rerank_integrations.reranker import Reranker, RerankResult
 
 __all__ = ["BGERerank"]
 
 _dispatcher = get_dispatcher(__name__)
 
-_DEFAULTS = RerankerConfig()
-
 # Where keep_retrieval_score=True keeps a node's retrieval score (the key other rerankers use).
 _RETRIEVAL_SCORE_KEY = "retrieval_score"
 
 
-class BGERerank(BaseNodePostprocessor):
+class BGERerank(RerankerSettings, BaseNodePostprocessor):
     """Rerank retrieved nodes with a cross-encoder (bge-reranker-v2-m3), best first, keeping ``top_n``.
 
     Give either model settings (``model``, ``device``, ``dtype``, ...; the defaults suit
@@ -70,98 +64,6 @@ class BGERerank(BaseNodePostprocessor):
 
     model_config = ConfigDict(arbitrary_types_allowed=True, extra="forbid", validate_assignment=True)
 
-    model: str = Field(default=DEFAULT_MODEL, frozen=True, description="Model id or local folder.")
-    device: str | tuple[str, ...] | None = Field(
-        default=None,
-        frozen=True,
-        description="Torch device such as 'cuda:1'; None picks cuda, then mps, then cpu; a list of "
-        "devices runs one model replica per device, fed by the same batching queue.",
-    )
-    dtype: str = Field(
-        default=_DEFAULTS.dtype,
-        frozen=True,
-        description="'auto' (float16 on CUDA, float32 elsewhere), 'float32', 'float16' or 'bfloat16'.",
-    )
-    max_length: int = Field(
-        default=_DEFAULTS.max_length,
-        frozen=True,
-        description="Tokens of a whole (query, passage) pair; the passage is cut to fit.",
-    )
-    query_max_length: int = Field(
-        default=_DEFAULTS.resolved_query_max_length,
-        frozen=True,
-        description="Tokens kept of the query (default max_length * 3 // 4, as FlagEmbedding).",
-    )
-    long_passages: LongPassages = Field(
-        default=_DEFAULTS.long_passages,
-        frozen=True,
-        description="'truncate' (the reference's rule) or 'window': score overlapping windows of a "
-        "long passage and keep the best, so text past max_length counts (one pair per window).",
-    )
-    window_overlap: int = Field(
-        default=_DEFAULTS.resolved_window_overlap,
-        frozen=True,
-        description="Tokens shared by consecutive windows in 'window' mode (default max_length // 8).",
-    )
-    max_windows: int = Field(
-        default=_DEFAULTS.max_windows,
-        frozen=True,
-        description="Windows per passage at most in 'window' mode, from its start.",
-    )
-    max_batch_tokens: int = Field(
-        default=_DEFAULTS.max_batch_tokens,
-        frozen=True,
-        description="Padded tokens per forward pass (batch size times its longest pair).",
-    )
-    batch_wait_ms: float = Field(
-        default=_DEFAULTS.batch_wait_ms,
-        frozen=True,
-        description="How long a batch waits for more concurrent requests (0: only what already waits).",
-    )
-    revision: str | None = Field(default=_DEFAULTS.revision, frozen=True, description="Hub revision.")
-    cache_dir: str | None = Field(default=_DEFAULTS.cache_dir, frozen=True, description="Hub cache.")
-    local_files_only: bool = Field(
-        default=_DEFAULTS.local_files_only, frozen=True, description="Never reach the Hub."
-    )
-    trust_remote_code: bool = Field(
-        default=_DEFAULTS.trust_remote_code,
-        frozen=True,
-        description="Run model code from the Hub (bge-reranker-v2-m3 needs none).",
-    )
-    backend: BackendName = Field(
-        default=_DEFAULTS.backend,
-        frozen=True,
-        description="'local' (torch in this process) or a serving engine's /rerank: 'tei', 'vllm', "
-        "'infinity' or 'cohere'.",
-    )
-    base_url: str | None = Field(
-        default=_DEFAULTS.base_url,
-        frozen=True,
-        description="Root URL of the serving engine (needed by every remote backend but 'cohere').",
-    )
-    api_key_env: str | None = Field(
-        default=_DEFAULTS.api_key_env,
-        frozen=True,
-        description="Name of the environment variable holding the API key (never the key itself).",
-    )
-    request_timeout: float = Field(
-        default=_DEFAULTS.request_timeout,
-        frozen=True,
-        description="Seconds before a remote request is abandoned (and retried).",
-    )
-    max_concurrent_requests: int = Field(
-        default=_DEFAULTS.max_concurrent_requests,
-        frozen=True,
-        description="Remote requests in flight at once for one call.",
-    )
-    max_texts_per_request: int | None = Field(
-        default=_DEFAULTS.max_texts_per_request,
-        frozen=True,
-        description="Passages per remote request; None uses the engine's default limit (TEI: 32).",
-    )
-    verify_tls: bool = Field(
-        default=_DEFAULTS.verify_tls, frozen=True, description="Verify the serving engine's TLS certificate."
-    )
     top_n: int | None = Field(
         default=5, description="Nodes to return, best first; None returns every node, reranked."
     )
@@ -183,8 +85,6 @@ class BGERerank(BaseNodePostprocessor):
     meta_separator: str = Field(
         default="\n", description="Joins the meta_fields_to_embed values and the node text."
     )
-
-    _reranker: Reranker = PrivateAttr()
 
     def __init__(
         self,
@@ -228,7 +128,7 @@ class BGERerank(BaseNodePostprocessor):
                 together with model settings.
             TypeError: ``reranker`` is not a :class:`Reranker`.
         """
-        settings: dict[str, Any] = {
+        fields: dict[str, Any] = {
             "model": model,
             "device": device,
             "dtype": dtype,
@@ -250,21 +150,16 @@ class BGERerank(BaseNodePostprocessor):
             "max_concurrent_requests": max_concurrent_requests,
             "max_texts_per_request": max_texts_per_request,
             "verify_tls": verify_tls,
+            "top_n": top_n,
+            "normalize": normalize,
+            "keep_retrieval_score": keep_retrieval_score,
+            "metadata_mode": metadata_mode,
+            "meta_fields_to_embed": meta_fields_to_embed,  # pydantic refuses a bare str here
+            "meta_separator": meta_separator,
         }
-        core = adapter_reranker(settings, reranker)
-        fields: dict[str, Any] = {name: getattr(core.config, name) for name in MODEL_SETTINGS}
-        fields.update(
-            top_n=top_n,
-            normalize=normalize,
-            keep_retrieval_score=keep_retrieval_score,
-            metadata_mode=metadata_mode,
-            meta_fields_to_embed=meta_fields_to_embed,  # pydantic refuses a bare str here
-            meta_separator=meta_separator,
-        )
         if callback_manager is not None:
             fields["callback_manager"] = callback_manager
-        super().__init__(**fields)
-        self._reranker = core
+        super().__init__(reranker=reranker, **fields)
 
     @field_validator("top_n", mode="before")
     @classmethod
@@ -275,11 +170,6 @@ class BGERerank(BaseNodePostprocessor):
     def class_name(cls) -> str:
         """Name LlamaIndex uses to serialize and identify this postprocessor."""
         return "BGERerank"
-
-    @property
-    def reranker(self) -> Reranker:
-        """The core this postprocessor scores with (shared by equal settings); ``.load()`` warms it up."""
-        return self._reranker
 
     def _postprocess_nodes(
         self,
