@@ -27,6 +27,8 @@ __all__ = ["PackedForward", "packed_support"]
 
 logger = logging.getLogger(__name__)
 
+_CPU_FP32_ATTENTION = True
+
 _SUPPORTED_CLASSES = ("XLMRobertaForSequenceClassification", "RobertaForSequenceClassification")
 
 
@@ -109,8 +111,10 @@ class PackedForward:
         self.out_proj = (head.out_proj.weight, head.out_proj.bias)
         self.device = self.word.device
         self.chunk_tokens = chunk_tokens
-        self.use_varlen = False
-        self.use_varlen = self._check_varlen()
+        self.attention = "per-pair" if self.device.type == "cpu" else "padded"
+        if self._varlen_works():
+            self.attention = "varlen"
+        logger.info("padding-free forward on %s, attention: %s", self.device, self.attention)
 
     def __call__(self, batch: Sequence[Sequence[int]]) -> torch.Tensor:
         """fp32 logits ``[len(batch)]`` of the id sequences in ``batch`` (any order, any lengths)."""
@@ -147,7 +151,7 @@ class PackedForward:
             )
         h = self.word[ids] + self.position[positions] + self.token_type0
         h = F.layer_norm(h, (self.hidden,), *self.ln0)
-        attend = _Attention(bounds, self.heads, self.device, varlen=self.use_varlen)
+        attend = _Attention(bounds, self.heads, self.device, self.attention)
         for layer in self.layers:
             a = F.linear(attend(F.linear(h, *layer.qkv)), *layer.out)
             h = F.layer_norm(a + h, (self.hidden,), *layer.ln1)
@@ -168,8 +172,8 @@ class PackedForward:
         before = torch.cat([counts.new_zeros(1), counts])[torch.tensor(bounds[:-1])]  # count up to each start
         return (counts - torch.repeat_interleave(before, torch.tensor(lengths))) * real + self.pad_id
 
-    def _check_varlen(self) -> bool:
-        """Whether fused variable-length attention works here and agrees with per-pair attention."""
+    def _varlen_works(self) -> bool:
+        """Whether fused variable-length attention runs here and agrees with per-pair attention."""
         if self.device.type != "cuda" or self.word.dtype not in (torch.float16, torch.bfloat16):
             return False
         try:
@@ -178,11 +182,11 @@ class PackedForward:
             gen = torch.Generator(device="cpu").manual_seed(0)
             bounds = [0, 37, 101]
             qkv = torch.randn(bounds[-1], 3 * self.hidden, generator=gen).to(self.device, self.word.dtype)
-            fused = _Attention(bounds, self.heads, self.device, varlen=True)(qkv)
-            plain = _Attention(bounds, self.heads, self.device, varlen=False)(qkv)
+            fused = _Attention(bounds, self.heads, self.device, "varlen")(qkv)
+            plain = _Attention(bounds, self.heads, self.device, "per-pair")(qkv)
             ok = bool((fused.float() - plain.float()).abs().max() < 1e-2)
         except Exception as exc:
-            logger.info("variable-length attention unavailable (%s); attending pair by pair", exc)
+            logger.info("variable-length attention unavailable (%s)", exc)
             return False
         if not ok:
             logger.warning("variable-length attention disagrees with per-pair attention; not using it")
@@ -192,31 +196,55 @@ class PackedForward:
 class _Attention:
     """Self-attention of each pair over its own tokens, on a packed ``[tokens, 3 * hidden]`` input.
 
-    On CUDA in half precision one fused variable-length flash-attention call covers the batch;
-    elsewhere each pair gets its own ``scaled_dot_product_attention`` call on views of the packed
-    matrix (a few microseconds each on CPU, where the matrix multiplies dominate).
+    Three ways, same result: ``"varlen"``, one fused variable-length flash-attention call (CUDA, half
+    precision, torch >= 2.9); ``"padded"``, the pairs gathered into a padded ``[pairs, longest]``
+    block for one masked ``scaled_dot_product_attention`` call (other CUDA cases: padding costs only
+    attention, not the linear layers); ``"per-pair"``, one call per pair on views of the packed
+    matrix (CPU: a few microseconds each, where the matrix multiplies dominate).
     """
 
-    def __init__(self, bounds: list[int], heads: int, device: torch.device, *, varlen: bool) -> None:
+    def __init__(self, bounds: list[int], heads: int, device: torch.device, mode: str) -> None:
         self.bounds = bounds
         self.heads = heads
-        self.varlen = varlen
-        if varlen:
+        self.mode = mode
+        lengths = [b - a for a, b in itertools.pairwise(bounds)]
+        self.longest = max(lengths)
+        if mode == "varlen":
             self.cu_seq = torch.tensor(bounds, dtype=torch.int32).to(device, non_blocking=True)
-            self.longest = max(b - a for a, b in itertools.pairwise(bounds))
+        elif mode == "padded":
+            tokens = bounds[-1]
+            offsets = torch.arange(self.longest)
+            starts = torch.tensor(bounds[:-1])
+            valid = offsets[None, :] < torch.tensor(lengths)[:, None]  # [pairs, longest]
+            # flat token index of every padded slot; pad slots read row ``tokens`` (zeros)
+            index = torch.where(valid, starts[:, None] + offsets[None, :], tokens)
+            self.index = index.to(device, non_blocking=True)
+            self.mask = valid[:, None, None, :].to(device, non_blocking=True)
+            self.valid = valid.reshape(-1).to(device, non_blocking=True)
 
     def __call__(self, qkv: torch.Tensor) -> torch.Tensor:
         tokens, width = qkv.shape
         hidden = width // 3
         dim = hidden // self.heads
+        if qkv.device.type == "cpu" and qkv.dtype != torch.float32 and _CPU_FP32_ATTENTION:
+            # CPU attention kernels are no faster in bf16 here (no AMX), only less exact: attend in fp32
+            return self(qkv.float()).to(qkv.dtype)
         split = qkv.view(tokens, 3, self.heads, dim)  # [tokens, 3, heads, dim]
-        if self.varlen:
+        if self.mode == "varlen":
             from torch.nn.attention.varlen import varlen_attn
 
             q, k, v = (split[:, i].contiguous() for i in range(3))
             fused = varlen_attn(q, k, v, self.cu_seq, self.cu_seq, self.longest, self.longest)
             assert isinstance(fused, torch.Tensor)  # no auxiliary outputs were requested
             return fused.reshape(tokens, hidden)
+        if self.mode == "padded":
+            pairs = self.index.shape[0]
+            rows = torch.cat([qkv, qkv.new_zeros(1, width)])[self.index]  # [pairs, longest, 3 * hidden]
+            q, k, v = rows.view(pairs, self.longest, 3, self.heads, dim).permute(2, 0, 3, 1, 4)
+            block = F.scaled_dot_product_attention(
+                q, k, v, attn_mask=self.mask
+            )  # [pairs, heads, longest, dim]
+            return block.transpose(1, 2).reshape(pairs * self.longest, hidden)[self.valid]
         out = qkv.new_empty(tokens, self.heads, dim)
         for start, stop in itertools.pairwise(self.bounds):
             # per pair [1, heads, length, dim] views of the packed matrix, no copies
