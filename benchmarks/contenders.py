@@ -8,7 +8,10 @@ repeated first batch included); our packed path reports its own count.
 
 from __future__ import annotations
 
+import functools
 import importlib
+import importlib.abc
+import importlib.machinery
 import importlib.util
 import sys
 import types
@@ -18,7 +21,7 @@ from typing import Any
 
 import torch
 
-__all__ = ["CONTENDERS", "Contender", "ContenderSpec", "load_flag_reranker_class"]
+__all__ = ["CONTENDERS", "Contender", "ContenderSpec", "load_flag_reranker_class", "stub_missing_modules"]
 
 
 @dataclass(frozen=True)
@@ -117,6 +120,7 @@ class Contender:
         self.dtype = "float16" if opts["use_fp16"] and on_cuda else "float32"
 
     def _load_cross_encoder(self, model_dir: str) -> None:
+        self.import_note = stub_missing_modules(("sklearn", "scipy"))
         from sentence_transformers import CrossEncoder
 
         opts = self.spec.options
@@ -218,6 +222,7 @@ def _find_transformers_model(obj: Any) -> Any:
     raise RuntimeError("no transformers model inside the CrossEncoder")
 
 
+@functools.cache
 def load_flag_reranker_class() -> tuple[Any, str]:
     """FlagEmbedding's ``FlagReranker`` class, and how it was imported.
 
@@ -255,3 +260,51 @@ def load_flag_reranker_class() -> tuple[Any, str]:
     sys.modules["FlagEmbedding.abc.inference"].AbsReranker = abs_reranker.AbsReranker  # type: ignore[attr-defined]
     base = importlib.import_module("FlagEmbedding.inference.reranker.encoder_only.base")
     return base.BaseReranker, f"FlagEmbedding's encoder_only.base.BaseReranker, imported directly ({reason})"
+
+
+class _StubFinder(importlib.abc.MetaPathFinder, importlib.abc.Loader):
+    """Serves empty stand-in modules for the named top-level packages and their submodules."""
+
+    def __init__(self, roots: Sequence[str]) -> None:
+        self.roots = tuple(roots)
+
+    def find_spec(
+        self, fullname: str, path: Any, target: Any = None
+    ) -> importlib.machinery.ModuleSpec | None:
+        if fullname.split(".")[0] in self.roots:
+            return importlib.machinery.ModuleSpec(fullname, self, is_package=True)
+        return None
+
+    def create_module(self, spec: importlib.machinery.ModuleSpec) -> types.ModuleType:
+        module = types.ModuleType(spec.name)
+        module.__path__ = []
+
+        def missing(name: str) -> Any:
+            if name.startswith("__"):
+                raise AttributeError(name)
+
+            def unavailable(*_args: Any, **_kwargs: Any) -> None:
+                raise ImportError(f"{spec.name}.{name} is a stand-in: {spec.name} is not installed here")
+
+            return type(name, (), {"__init__": unavailable})
+
+        module.__getattr__ = missing  # type: ignore[method-assign]
+        return module
+
+    def exec_module(self, module: types.ModuleType) -> None:
+        return None
+
+
+def stub_missing_modules(roots: Sequence[str]) -> str:
+    """Stand in for packages that are imported but never used on the path we time.
+
+    sentence-transformers imports scikit-learn and scipy at import time (similarity helpers,
+    evaluators) but ``CrossEncoder.predict`` never calls them. On a machine without them (the bare
+    GPU machine; they are too big to carry as wheels) empty stand-ins let it import. Returns a note
+    for the report, empty when nothing was stubbed.
+    """
+    missing = [r for r in roots if r not in sys.modules and importlib.util.find_spec(r) is None]
+    if not missing:
+        return ""
+    sys.meta_path.append(_StubFinder(missing))
+    return f"imported with empty stand-ins for {', '.join(missing)} (not installed; not used by predict)"

@@ -1,0 +1,74 @@
+#!/usr/bin/env bash
+# The GPU benchmark in one step, for a machine without network and without this repo's venv.
+#
+#   benchmarks/gpu.sh [OUTDIR]              full bge-reranker-v2-m3 shape, all workloads, on cuda
+#   benchmarks/gpu.sh --cpu-smoke [OUTDIR]  the same script end to end on CPU with the tiny model
+#
+# OUTDIR defaults to $OUT (the device runner's output folder), else bench-out/<mode>. It gets
+# results.md (the tables), results.json (every call), env.txt (python, packages, nvidia-smi) and
+# run.log. Needs a Python >= 3.11 with torch (CUDA build) and numpy installed; everything else the
+# suite imports is unpacked from benchmarks/wheels/ (see fetch_wheels.sh) when the machine lacks it,
+# into a scratch folder put first on PYTHONPATH: nothing is downloaded, nothing system-wide changes.
+# The random full-shape model is built on the spot (speed does not depend on the weights).
+# Budget: under 8 minutes on one H100 (the run itself stops at 7.5 minutes; partial results stay).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+mode=gpu
+out=""
+for arg in "$@"; do
+  case "$arg" in
+    --cpu-smoke) mode=cpu-smoke ;;
+    -h | --help) sed -n '2,13p' "$0"; exit 0 ;;
+    *) out="$arg" ;;
+  esac
+done
+out="${out:-${OUT:-bench-out/$mode}}"
+mkdir -p "$out"
+out="$(cd "$out" && pwd)"
+work="${BENCH_WORK:-${TMPDIR:-/tmp}/bge-rerank-bench}"
+mkdir -p "$work"
+
+# A Python that has torch (and, for the GPU run, sees a GPU).
+py=""
+for candidate in ${PYTHON:-} python3 python /usr/bin/python3 /opt/conda/bin/python; do
+  if command -v "$candidate" >/dev/null 2>&1 && "$candidate" -c "import torch, numpy" >/dev/null 2>&1; then
+    py="$candidate"
+    break
+  fi
+done
+if [ -z "$py" ]; then
+  echo "no Python with torch and numpy found (set PYTHON=...); they cannot travel as wheels" >&2
+  exit 2
+fi
+"$py" - <<'EOF'
+import sys
+if sys.version_info < (3, 11):
+    sys.exit(f"Python {sys.version.split()[0]}: transformers 5.23 (which FlagEmbedding 1.4.2 needs) wants >= 3.11")
+EOF
+if [ "$mode" = gpu ] && ! "$py" -c "import torch, sys; sys.exit(0 if torch.cuda.is_available() else 1)"; then
+  echo "torch in $py sees no CUDA device; use --cpu-smoke to check the script on CPU" >&2
+  exit 2
+fi
+
+echo "== python: $py ($("$py" --version 2>&1)); installing what is missing into $work/site" | tee "$out/env.txt"
+"$py" benchmarks/install_wheels.py benchmarks/wheels "$work/site" | tee -a "$out/env.txt"
+export PYTHONPATH="$work/site:$PWD/src:$PWD${PYTHONPATH:+:$PYTHONPATH}"
+export HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 HF_HUB_DISABLE_TELEMETRY=1 TOKENIZERS_PARALLELISM=false TQDM_DISABLE=1
+"$py" -c "import torch, transformers; print('torch', torch.__version__, 'cuda', torch.version.cuda, 'transformers', transformers.__version__)" | tee -a "$out/env.txt"
+if command -v nvidia-smi >/dev/null 2>&1; then nvidia-smi >>"$out/env.txt" 2>&1 || true; fi
+
+if [ "$mode" = gpu ]; then
+  args=(--subject full --scale gpu --device cuda --peak-seconds 1)
+  limit=450
+else
+  args=(--subject tiny --scale smoke --device cpu --peak-seconds 0.2)
+  limit=600
+fi
+start=$(date +%s)
+status=0
+timeout "$limit" "$py" -m benchmarks.run "${args[@]}" --models "$work/models" --out "$out" >"$out/run.log" 2>&1 || status=$?
+echo "== benchmark exit status $status after $(($(date +%s) - start)) s; output in $out" | tee -a "$out/env.txt"
+tail -n 5 "$out/run.log" >&2
+if [ -f "$out/results.md" ]; then cat "$out/results.md"; fi
+exit "$status"
