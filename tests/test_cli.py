@@ -97,3 +97,21 @@ def test_model_options_reach_the_core(model_dir: Path, capsys: pytest.CaptureFix
 def test_a_remote_backend_without_url_is_a_clear_error(capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["query", QUERY, "p", "--backend", "tei"]) == 2
     assert "backend='tei' needs base_url" in capsys.readouterr().err
+
+
+def test_bench_hands_its_arguments_to_the_suite(capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as exit_info:
+        main(["bench", "--help"])
+    assert exit_info.value.code == 0
+    assert "--subject" in capsys.readouterr().out
+
+
+def test_bench_outside_a_checkout_says_where_it_runs(tmp_path: Path) -> None:
+    result = subprocess.run(
+        [sys.executable, "-m", "bge_rerank_integrations", "bench"],
+        capture_output=True,
+        text=True,
+        cwd=tmp_path,
+    )
+    assert result.returncode == 2
+    assert "source checkout" in result.stderr

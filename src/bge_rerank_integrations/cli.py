@@ -72,6 +72,13 @@ def _parser() -> argparse.ArgumentParser:
 
     build = commands.add_parser("make-test-model", help="write a small random reranker for offline tries")
     build.add_argument("folder")
+
+    # Listed for --help only: main() hands everything after "bench" to the suite's own parser.
+    commands.add_parser(
+        "bench",
+        help="run the CPU benchmark against FlagReranker and CrossEncoder (from a source checkout); "
+        "`bge-rerank bench --help` lists its options",
+    )
     return parser
 
 
@@ -152,10 +159,32 @@ def _cmd_make_test_model(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def _bench(suite_args: list[str]) -> int:
+    try:
+        from benchmarks.run import main as run_suite
+    except ImportError:
+        print(
+            "bge-rerank bench runs the suite in benchmarks/ of a source checkout: clone the repository, "
+            'run `pip install -e ".[dev]"` and call it from the checkout\'s root',
+            file=sys.stderr,
+        )
+        return EXIT_BAD_INPUT
+    if not any(a.startswith("--device") for a in suite_args):
+        suite_args += ["--device", "cpu"]
+    return run_suite(suite_args)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the ``bge-rerank`` command line; returns the exit code."""
-    args = _parser().parse_args(argv)
-    command = {"query": _cmd_query, "rank": _cmd_rank, "make-test-model": _cmd_make_test_model}[args.command]
+    given = list(sys.argv[1:] if argv is None else argv)
+    if given[:1] == ["bench"]:
+        return _bench(given[1:])
+    args = _parser().parse_args(given)
+    command = {
+        "query": _cmd_query,
+        "rank": _cmd_rank,
+        "make-test-model": _cmd_make_test_model,
+    }[args.command]
     try:
         return command(args)
     except ModelLoadError as exc:
