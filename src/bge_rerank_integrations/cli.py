@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from collections.abc import Iterator, Sequence
 from typing import IO, Any
@@ -160,6 +161,8 @@ def _cmd_make_test_model(args: argparse.Namespace) -> int:
 
 
 def _bench(suite_args: list[str]) -> int:
+    if os.getcwd() not in sys.path:  # the console script's path starts at its own folder
+        sys.path.insert(0, os.getcwd())
     try:
         from benchmarks.run import main as run_suite
     except ImportError:
