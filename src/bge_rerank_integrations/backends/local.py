@@ -33,9 +33,10 @@ __all__ = ["ForwardStats", "LocalBackend", "resolve_device"]
 
 logger = logging.getLogger(__name__)
 
-# On CPU the padding-free forward runs a batch in parts of about this many tokens: activations of
-# 2k tokens stay in the cache between the matrix multiplies (measured in benchmarks/RESULTS.md).
-_CPU_CHUNK_TOKENS = 2048
+# On CPU the padding-free forward runs a batch in parts of about this many tokens, so that the
+# activations stay in the cache between the matrix multiplies: 2k tokens in fp32, 4k in bf16/fp16
+# (best of 1k-16k on the reduced subject, benchmarks/RESULTS.md).
+_CPU_CHUNK_TOKENS = {"float32": 2048, "half": 4096}
 
 
 @dataclass
@@ -252,13 +253,16 @@ class LocalBackend:
 
 def _packed_forward(model: Any, device: torch.device) -> PackedForward | None:
     """The padding-free forward for ``model``, or ``None`` (with the reason logged) if it does not fit."""
+    import torch
+
     from bge_rerank_integrations.backends.packed import PackedForward, packed_support
 
     reason = packed_support(model)
     if reason is not None:
         logger.info("using padded forward passes: %s", reason)
         return None
-    return PackedForward(model, chunk_tokens=_CPU_CHUNK_TOKENS if device.type == "cpu" else None)
+    chunk = _CPU_CHUNK_TOKENS["float32" if model.dtype == torch.float32 else "half"]
+    return PackedForward(model, chunk_tokens=chunk if device.type == "cpu" else None)
 
 
 def _single_device(device: str | tuple[str, ...] | None) -> str | None:

@@ -27,8 +27,6 @@ __all__ = ["PackedForward", "packed_support"]
 
 logger = logging.getLogger(__name__)
 
-_CPU_FP32_ATTENTION = True
-
 _SUPPORTED_CLASSES = ("XLMRobertaForSequenceClassification", "RobertaForSequenceClassification")
 
 
@@ -226,9 +224,6 @@ class _Attention:
         tokens, width = qkv.shape
         hidden = width // 3
         dim = hidden // self.heads
-        if qkv.device.type == "cpu" and qkv.dtype != torch.float32 and _CPU_FP32_ATTENTION:
-            # CPU attention kernels are no faster in bf16 here (no AMX), only less exact: attend in fp32
-            return self(qkv.float()).to(qkv.dtype)
         split = qkv.view(tokens, 3, self.heads, dim)  # [tokens, 3, heads, dim]
         if self.mode == "varlen":
             from torch.nn.attention.varlen import varlen_attn
