@@ -243,15 +243,19 @@ def make_workloads(model_folder: str | Path, scale: str = "cpu", seed: int = 0) 
         warmup=warm,
         per_request=False,
     )
-    long_max = 8192 if sc.long_max > 512 * 2 else 1024
+    long_max = sc.long_max
     rng = maker.rng
     long_requests: list[Query] = []
     for _ in range(sc.long_queries):
-        # log-uniform between long_min and long_max tokens, so every octave is represented
+        # geometric steps from long_min to the limit, so that every octave is represented and the
+        # longest passage nearly fills max_length; a little jitter keeps the lengths apart
+        steps = max(1, sc.long_passages - 1)
+        top = long_max - 40
         sizes = [
-            round(math.exp(rng.uniform(math.log(sc.long_min), math.log(sc.long_max - 40))))
-            for _ in range(sc.long_passages)
+            round(sc.long_min * (top / sc.long_min) ** (i / steps) * rng.uniform(0.9, 1.0))
+            for i in range(sc.long_passages)
         ]
+        sizes[-1] = top
         long_requests += _requests(maker, 1, len(sizes), lengths=sizes, max_length=long_max)
     long_warm = _requests(maker, 1, 2, lengths=[sc.long_min, sc.long_min // 2], max_length=long_max)[0]
     long = Workload(
