@@ -115,3 +115,18 @@ def test_bench_outside_a_checkout_says_where_it_runs(tmp_path: Path) -> None:
     )
     assert result.returncode == 2
     assert "source checkout" in result.stderr
+
+
+def test_rank_reads_standard_input(model_dir: Path) -> None:
+    record = json.dumps({"query": QUERY, "passages": PASSAGES})
+    result = subprocess.run(
+        [sys.executable, "-m", "bge_rerank_integrations", "rank", "-", "--model", str(model_dir), "--raw"],
+        input=record + "\n",
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert result.returncode == 0, result.stderr
+    (line,) = result.stdout.splitlines()
+    expected = Reranker(model_dir).rank(QUERY, PASSAGES)
+    assert [r["index"] for r in json.loads(line)["results"]] == [r.index for r in expected]
