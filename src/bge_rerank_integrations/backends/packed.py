@@ -147,14 +147,22 @@ class PackedForward:
                 (t.pin_memory() if pin else t).to(self.device, non_blocking=pin)
                 for t in (ids, positions, starts)
             )
-        h = self.word[ids] + self.position[positions] + self.token_type0
+        # in place where a fresh tensor is not needed: fewer passes over memory and fewer page faults
+        # (6% faster on CPU, same results; benchmarks/RESULTS.md)
+        h = self.word[ids]
+        h += self.position[positions]
+        h += self.token_type0
         h = F.layer_norm(h, (self.hidden,), *self.ln0)
         attend = _Attention(bounds, self.heads, self.device, self.attention)
         for layer in self.layers:
             a = F.linear(attend(F.linear(h, *layer.qkv)), *layer.out)
-            h = F.layer_norm(a + h, (self.hidden,), *layer.ln1)
-            up = F.gelu(F.linear(h, *layer.up))
-            h = F.layer_norm(F.linear(up, *layer.down) + h, (self.hidden,), *layer.ln2)
+            a += h
+            h = F.layer_norm(a, (self.hidden,), *layer.ln1)
+            up = F.linear(h, *layer.up)
+            torch.ops.aten.gelu_(up)  # the exact (erf) GELU of XLM-RoBERTa, in place
+            down = F.linear(up, *layer.down)
+            down += h
+            h = F.layer_norm(down, (self.hidden,), *layer.ln2)
         first = h[starts]  # the <s> token of every pair
         logits = F.linear(torch.tanh(F.linear(first, *self.dense)), *self.out_proj)
         return logits[:, 0].float()
