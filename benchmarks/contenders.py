@@ -57,8 +57,9 @@ def _specs(device: str) -> list[ContenderSpec]:
             "flag",
             "FlagReranker, best settings: use_fp16=True, one device"
             if cuda
-            else "FlagReranker, best settings on CPU: batch_size=16 (fp32; use_fp16 is ignored on CPU)",
-            {"use_fp16": True, "batch_size": 128} if cuda else {"use_fp16": False, "batch_size": 16},
+            else "FlagReranker, best settings on CPU: batch_size=2 (best of 1-128 here; fp32, "
+            "use_fp16 is ignored on CPU)",
+            {"use_fp16": True, "batch_size": 128} if cuda else {"use_fp16": False, "batch_size": 2},
         ),
         ContenderSpec(
             "cross-encoder",
