@@ -42,7 +42,9 @@ class BatchScheduler:
     Args:
         replicas: One scoring function per model replica (raw logits of pairs, in input order).
         max_wait: Seconds a worker keeps gathering requests after the first one arrives.
-        max_pairs: Requests are added to a batch until it holds at least this many pairs.
+        max_pairs: Requests are added to a batch until it holds at least this many pairs (a batch
+            always takes one request, however large): bigger batches use the device better, smaller
+            ones answer the first requests sooner.
     """
 
     def __init__(self, replicas: Sequence[ScoreFn], *, max_wait: float = 0.0, max_pairs: int = 2048) -> None:
