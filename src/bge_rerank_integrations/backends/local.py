@@ -1,7 +1,7 @@
 """The local backend: a ``transformers`` cross-encoder run with torch (with ``backends.packed``, the
 only modules importing torch).
 
-Identical pairs are scored once. Pairs are tokenized in one batched call, sorted by length and cut
+Pairs (made distinct by the ``Reranker``'s queue) are tokenized in one batched call, sorted by length and cut
 into batches under a token budget. XLM-RoBERTa models (bge-reranker-v2-m3) run padding-free
 (``backends.packed``: no compute on pad tokens at all); other models run padded batches, where the
 budget counts padded tokens. Each batch runs once, in fp16 on CUDA and fp32 on CPU by default;
@@ -165,13 +165,6 @@ class LocalBackend:
         """Raw logits of ``pairs`` in input order; each batch runs exactly once."""
         if not pairs:
             return []
-        distinct = list(dict.fromkeys(pairs))
-        if len(distinct) < len(pairs):  # identical pairs are scored once
-            by_pair = dict(zip(distinct, self._score_distinct(distinct), strict=True))
-            return [by_pair[pair] for pair in pairs]
-        return self._score_distinct(pairs)
-
-    def _score_distinct(self, pairs: Sequence[tuple[str, str]]) -> list[float]:
         self.load()
         assert self._encoder is not None
         cfg = self.config
