@@ -7,9 +7,6 @@ from pathlib import Path
 
 import pytest
 
-pytest.importorskip("FlagEmbedding")
-pytest.importorskip("sentence_transformers")
-
 
 @pytest.mark.slow
 def test_benchmark_suite_runs_and_every_contender_agrees(model_dir: Path, tmp_path: Path) -> None:
