@@ -1,0 +1,211 @@
+"""Variants of the core's forward pass, timed side by side on the interactive workload (CPU).
+
+    python -m benchmarks.ablations --requests 4 --variants padded,packed-2048,packed-none,ce
+
+Each variant scores the same requests (1 query x 100 passages), interleaved request by request with
+the order alternating; the table gives seconds, pairs/s, the ratio to ``ce`` (CrossEncoder) and the
+max |delta| of the logits against the first variant. Variants:
+
+- ``padded``: the ``transformers`` forward on right-padded, length-sorted token-budget batches (the
+  core before the padding-free path);
+- ``packed-N``: the padding-free forward in chunks of about N tokens (``none``: whole batches);
+  ``packed-N-padattn``: the same with padded-block attention instead of per-pair attention;
+- ``packed-N-copies``: the padding-free forward without the in-place residual adds and GELU;
+- ``packed-N-compile``: the feed-forward and attention-output blocks under ``torch.compile``;
+- ``bf16-N`` / ``bf16-N-fp32attn``: dtype bfloat16, attention in bf16 or in fp32;
+- ``ce``: sentence-transformers CrossEncoder (batch 32); ``flag-bsN``: FlagReranker, batch size N.
+"""
+
+from __future__ import annotations
+
+import argparse
+import itertools
+import os
+import statistics
+import sys
+import time
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+os.environ.setdefault("TQDM_DISABLE", "1")
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+import torch
+import torch.nn.functional as F
+
+from benchmarks.run import build_subject
+from benchmarks.workloads import make_workloads
+
+Scorer = Callable[[list[tuple[str, str]]], list[float]]
+
+
+def _run_with_copies(self: Any, batch: Sequence[Sequence[int]]) -> torch.Tensor:
+    """The packed forward as first written: a fresh tensor for every residual add and the GELU."""
+    from bge_rerank_integrations.backends.packed import _Attention
+
+    lengths = [len(x) for x in batch]
+    bounds = list(itertools.accumulate(lengths, initial=0))
+    ids = torch.tensor(list(itertools.chain.from_iterable(batch)), dtype=torch.long)
+    positions = self._positions(ids, lengths, bounds)
+    starts = torch.tensor(bounds[:-1], dtype=torch.long)
+    h = F.layer_norm(self.word[ids] + self.position[positions] + self.token_type0, (self.hidden,), *self.ln0)
+    attend = _Attention(bounds, self.heads, self.device, self.attention)
+    for layer in self.layers:
+        a = F.linear(attend(F.linear(h, *layer.qkv)), *layer.out)
+        h = F.layer_norm(a + h, (self.hidden,), *layer.ln1)
+        up = F.gelu(F.linear(h, *layer.up))
+        h = F.layer_norm(F.linear(up, *layer.down) + h, (self.hidden,), *layer.ln2)
+    logits = F.linear(torch.tanh(F.linear(h[starts], *self.dense)), *self.out_proj)
+    return logits[:, 0].float()
+
+
+def _compiled_run() -> Callable[[Any, Sequence[Sequence[int]]], torch.Tensor]:
+    from bge_rerank_integrations.backends.packed import _Attention
+
+    def ffn(
+        h: torch.Tensor, w1: Any, b1: Any, w2: Any, b2: Any, lw: Any, lb: Any, eps: float
+    ) -> torch.Tensor:
+        return F.layer_norm(F.linear(F.gelu(F.linear(h, w1, b1)), w2, b2) + h, (h.shape[-1],), lw, lb, eps)
+
+    def attn_out(
+        a: torch.Tensor, h: torch.Tensor, w: Any, b: Any, lw: Any, lb: Any, eps: float
+    ) -> torch.Tensor:
+        return F.layer_norm(F.linear(a, w, b) + h, (h.shape[-1],), lw, lb, eps)
+
+    cffn = torch.compile(ffn, dynamic=True)
+    cout = torch.compile(attn_out, dynamic=True)
+
+    def run(self: Any, batch: Sequence[Sequence[int]]) -> torch.Tensor:
+        lengths = [len(x) for x in batch]
+        bounds = list(itertools.accumulate(lengths, initial=0))
+        ids = torch.tensor(list(itertools.chain.from_iterable(batch)), dtype=torch.long)
+        positions = self._positions(ids, lengths, bounds)
+        starts = torch.tensor(bounds[:-1], dtype=torch.long)
+        h = F.layer_norm(
+            self.word[ids] + self.position[positions] + self.token_type0, (self.hidden,), *self.ln0
+        )
+        attend = _Attention(bounds, self.heads, self.device, self.attention)
+        for layer in self.layers:
+            h = cout(attend(F.linear(h, *layer.qkv)), h, *layer.out, *layer.ln1)
+            h = cffn(h, *layer.up, *layer.down, *layer.ln2)
+        logits = F.linear(torch.tanh(F.linear(h[starts], *self.dense)), *self.out_proj)
+        return logits[:, 0].float()
+
+    return run
+
+
+def _fp32_attention(attention: Any) -> Callable[[Any, torch.Tensor], torch.Tensor]:
+    original = attention.__call__
+
+    def call(self: Any, qkv: torch.Tensor) -> torch.Tensor:
+        out: torch.Tensor = original(self, qkv.float())
+        return out.to(qkv.dtype)
+
+    return call
+
+
+def make_variant(name: str, model: str) -> Scorer:
+    """A scorer for variant ``name`` (see the module docstring)."""
+    from bge_rerank_integrations import Reranker
+    from bge_rerank_integrations.backends import packed as packed_module
+
+    if name == "ce":
+        from sentence_transformers import CrossEncoder
+
+        ce = CrossEncoder(model, device="cpu", max_length=512, activation_fn=torch.nn.Identity())
+        return lambda pairs: [float(x) for x in ce.predict(pairs, batch_size=32, show_progress_bar=False)]
+    if name.startswith("flag-bs"):
+        from benchmarks.contenders import load_flag_reranker_class
+
+        flag = load_flag_reranker_class()[0](model, devices="cpu", batch_size=int(name[7:]))
+        return lambda pairs: list(flag.compute_score([list(p) for p in pairs]))
+    dtype, chunk, *options = [*name.split("-"), "none"] if name == "padded" else name.split("-")
+    backend: Any = (
+        Reranker(model, device="cpu", dtype="bfloat16" if dtype == "bf16" else "float32").load()._backend
+    )
+    if dtype == "padded":
+        backend._packed = None
+        return backend.score_pairs  # type: ignore[no-any-return]
+    packed = backend._packed
+    packed.chunk_tokens = None if chunk == "none" else int(chunk)
+    run: Any = packed_module.PackedForward._run
+    attention_call: Any = packed_module._Attention.__call__
+    if "padattn" in options:
+        packed.attention = "padded"
+    if "copies" in options:
+        run = _run_with_copies
+    if "compile" in options:
+        run = _compiled_run()
+    if "fp32attn" in options:
+        attention_call = _fp32_attention(packed_module._Attention)
+
+    def score(pairs: list[tuple[str, str]]) -> list[float]:
+        saved = packed_module.PackedForward._run, packed_module._Attention.__call__
+        packed_module.PackedForward._run = run  # type: ignore[method-assign]
+        packed_module._Attention.__call__ = attention_call  # type: ignore[method-assign]
+        try:
+            return backend.score_pairs(pairs)  # type: ignore[no-any-return]
+        finally:
+            packed_module.PackedForward._run, packed_module._Attention.__call__ = saved  # type: ignore[method-assign]
+
+    return score
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Command line entry point."""
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
+    parser.add_argument("--variants", default="padded,packed-none,packed-1024,packed-2048,packed-4096,ce")
+    parser.add_argument("--requests", type=int, default=4)
+    parser.add_argument("--models", type=Path, default=Path(".models/bench"))
+    args = parser.parse_args(argv)
+    model = str(build_subject("small", args.models / "small"))
+    names = args.variants.split(",")
+    scorers = {n: make_variant(n, model) for n in names}
+    requests = make_workloads(model, "cpu")[0].requests[: args.requests]
+    warm = make_workloads(model, "cpu")[0].warmup
+    warm_pairs = [(warm.query, p) for p in warm.passages]
+    first: dict[str, list[float]] = {}
+    for n, f in scorers.items():  # warm-up, and compilation where asked for
+        t0 = time.perf_counter()
+        first[n] = f(warm_pairs)
+        print(f"warm-up {n}: {time.perf_counter() - t0:.1f} s", file=sys.stderr)
+    times: dict[str, list[float]] = {n: [] for n in names}
+    delta = dict.fromkeys(names, 0.0)
+    for k, r in enumerate(requests):
+        pairs = [(r.query, p) for p in r.passages]
+        order = names if k % 2 == 0 else names[::-1]
+        ref: list[float] | None = None
+        results = {}
+        for n in order:
+            t0 = time.perf_counter()
+            results[n] = scorers[n](pairs)
+            times[n].append(time.perf_counter() - t0)
+        ref = results[names[0]]
+        for n in names:
+            delta[n] = max(delta[n], max(abs(a - b) for a, b in zip(results[n], ref, strict=True)))
+        print(f"request {k + 1}: " + ", ".join(f"{n} {times[n][-1]:.2f}s" for n in names), file=sys.stderr)
+    pairs_per_request = len(requests[0].passages)
+    print(f"load average {os.getloadavg()[0]:.2f}; {len(requests)} requests of {pairs_per_request} pairs")
+    print(
+        "Median and best seconds per request; 'vs ce' is the median over requests of the time ratio to "
+        "CrossEncoder in the same request (robust to a busy spell hitting one request)."
+    )
+    print("| variant | median s | best s | pairs/s (median) | vs ce | max abs delta vs " + names[0] + " |")
+    print("|---|---:|---:|---:|---:|---:|")
+    for n in names:
+        med = statistics.median(times[n])
+        vs = (
+            f"{statistics.median(c / t for c, t in zip(times['ce'], times[n], strict=True)):.2f}"
+            if "ce" in times
+            else "-"
+        )
+        print(
+            f"| {n} | {med:.2f} | {min(times[n]):.2f} | {pairs_per_request / med:.1f} | {vs} "
+            f"| {delta[n]:.2g} |"
+        )
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
