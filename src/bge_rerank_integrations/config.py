@@ -61,7 +61,8 @@ class RerankerConfig:
     max_windows: int = 16
     """Windows per passage at most in ``"window"`` mode (from its start); bounds the cost of huge texts."""
     max_batch_tokens: int = 16384
-    """Budget of a forward pass in padded tokens (batch size times its longest pair)."""
+    """Tokens per forward pass: real tokens on the padding-free path (XLM-RoBERTa models such as
+    bge-reranker-v2-m3), padded tokens (batch size times its longest pair) for other models."""
     normalize: bool = False
     """Default of ``score(normalize=...)``: sigmoid of the logit instead of the raw logit."""
     batch_wait_ms: float = 0.0

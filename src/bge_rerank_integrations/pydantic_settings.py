@@ -51,7 +51,8 @@ class RerankerSettings(BaseModel):
     max_windows: int = Field(default=_DEFAULTS.max_windows, frozen=True)
     """Windows per passage at most in ``"window"`` mode, from its start."""
     max_batch_tokens: int = Field(default=_DEFAULTS.max_batch_tokens, frozen=True)
-    """Padded tokens per forward pass (batch size times its longest pair): lower it if memory is short."""
+    """Tokens per forward pass (padded tokens for models without the padding-free path); lower it if
+    memory is short."""
     batch_wait_ms: float = Field(default=_DEFAULTS.batch_wait_ms, frozen=True)
     """How long a batch waits for more concurrent requests (0 batches only what is already waiting)."""
     revision: str | None = Field(default=_DEFAULTS.revision, frozen=True)

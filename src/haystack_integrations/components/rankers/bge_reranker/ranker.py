@@ -121,7 +121,7 @@ class BGERanker:
             joined with ``embedding_separator``; missing and ``None`` values are skipped.
         :param embedding_separator: Separator between the meta values and the content.
         :param max_length: Tokens of a whole query-passage pair (core default 512; the model allows 8192).
-        :param max_batch_tokens: Padded tokens per forward pass (core default 16384).
+        :param max_batch_tokens: Tokens per forward pass (core default 16384).
         :param dtype: ``"auto"`` (default: float16 on CUDA, float32 elsewhere), ``"float32"``,
             ``"float16"`` or ``"bfloat16"``.
         :param query_max_length: Tokens kept of the query (core default ``max_length * 3 // 4``).
