@@ -11,7 +11,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from bge_rerank_integrations import Reranker
-from bge_rerank_integrations.batching import padded_length, plan_batches
+from bge_rerank_integrations.batching import padded_length, plan_batches, plan_packed_batches
 
 from .texts import LONG_PASSAGE, PASSAGES, QUERIES
 
@@ -101,3 +101,28 @@ def test_out_of_memory_on_a_single_pair_is_raised(model_dir: Path, monkeypatch: 
         reranker.score(QUERIES[0], PASSAGES[:3])
     monkeypatch.undo()
     assert len(reranker.score(QUERIES[0], PASSAGES[:3])) == 3  # still usable afterwards
+
+
+@given(
+    lengths=st.lists(st.integers(min_value=1, max_value=600), max_size=300),
+    budget=st.integers(min_value=1, max_value=5000),
+)
+def test_packed_plan_covers_every_item_once_within_budget(lengths: list[int], budget: int) -> None:
+    batches = plan_packed_batches(lengths, budget)
+    flat = [i for batch in batches for i in batch]
+    assert sorted(flat) == list(range(len(lengths)))
+    for batch in batches:  # a padding-free batch costs its real tokens
+        assert len(batch) == 1 or sum(lengths[i] for i in batch) <= budget
+    assert [lengths[i] for i in flat] == sorted(lengths, reverse=True)
+
+
+def test_padding_free_and_padded_forward_agree(model_dir: Path) -> None:
+    """The padding-free path (XLM-RoBERTa) and the transformers fallback give the same scores."""
+    pairs = workload(120, seed=3)
+    packed = Reranker(model_dir, device="cpu", max_batch_tokens=2048).load()
+    padded = Reranker(model_dir, device="cpu", max_batch_tokens=2048).load()
+    assert packed._backend._packed is not None  # type: ignore[attr-defined]
+    padded._backend._packed = None  # type: ignore[attr-defined]  # as for a model it does not support
+    assert padded.score_pairs(pairs) == pytest.approx(packed.score_pairs(pairs), abs=1e-5, rel=1e-5)
+    stats = padded._backend.stats  # type: ignore[attr-defined]
+    assert stats.computed_tokens > stats.real_tokens  # the fallback really padded
