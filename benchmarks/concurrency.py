@@ -14,7 +14,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import random
 import statistics
 import sys
 import threading
@@ -28,17 +27,8 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 from benchmarks.run import build_subject, machine_info
-from benchmarks.workloads import Query, _requests, _TextMaker
+from benchmarks.workloads import Query, make_requests
 from bge_rerank_integrations import Reranker
-
-
-def make_requests(model_folder: Path, n: int, passages: int, seed: int) -> list[Query]:
-    """``n`` seeded requests of ``passages`` skewed-length multilingual passages (the interactive recipe)."""
-    from tokenizers import Tokenizer
-
-    tokenizer = Tokenizer.from_file(str(model_folder / "tokenizer.json"))
-    maker = _TextMaker(tokenizer, random.Random(seed))
-    return list(_requests(maker, n, passages, lengths=None, max_length=512))
 
 
 def _percentile(values: Sequence[float], q: float) -> float:

@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-__all__ = ["SCALES", "Query", "Workload", "make_workloads"]
+__all__ = ["SCALES", "Query", "Workload", "make_requests", "make_workloads"]
 
 # Running text in the scripts the test tokenizer knows, by language. Words are drawn at random from a
 # language's text, so passages have that language's token statistics (CJK and Thai pieces are short).
@@ -211,6 +211,15 @@ def _requests(
         texts = tuple(maker.text(lang if rng.random() < 0.5 else maker.language(), size) for size in sizes)
         out.append(Query(query, texts))
     return tuple(out)
+
+
+def make_requests(model_folder: str | Path, n: int, passages: int, seed: int = 0) -> list[Query]:
+    """``n`` seeded requests of ``passages`` skewed-length multilingual passages (the interactive recipe)."""
+    from tokenizers import Tokenizer
+
+    tokenizer = Tokenizer.from_file(str(Path(model_folder) / "tokenizer.json"))
+    maker = _TextMaker(tokenizer, random.Random(seed))
+    return list(_requests(maker, n, passages, lengths=None, max_length=512))
 
 
 def make_workloads(model_folder: str | Path, scale: str = "cpu", seed: int = 0) -> list[Workload]:

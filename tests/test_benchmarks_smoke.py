@@ -38,3 +38,16 @@ def test_benchmark_suite_runs_and_every_contender_agrees(model_dir: Path, tmp_pa
                 assert result["max_abs_delta_vs_ours"] < 1e-4, (workload["name"], name)
         assert contenders["ours"]["padding"] == 1.0  # the padding-free forward computes real tokens only
         assert contenders["flag-default"]["padding"] > 1.0  # the reference pads and repeats its first batch
+
+
+@pytest.mark.slow
+def test_concurrency_benchmark_runs_and_both_modes_agree(tmp_path: Path) -> None:
+    from benchmarks.concurrency import main
+
+    args = ["--subject", "tiny", "--requests", "4", "--passages", "5", "--rounds", "1"]
+    assert main([*args, "--models", str(tmp_path / "models"), "--out", str(tmp_path / "out")]) == 0
+    report = json.loads((tmp_path / "out" / "concurrency.json").read_text())
+    assert report["serial"]["pairs_per_s"] > 0
+    assert report["concurrent"]["pairs_per_s"] > 0
+    assert report["max_abs_score_delta"] < 1e-5
+    assert "| concurrent, coalesced |" in (tmp_path / "out" / "concurrency.md").read_text()
