@@ -14,7 +14,7 @@ from typing import Any
 from bge_rerank_integrations.config import RerankerConfig
 from bge_rerank_integrations.reranker import Reranker, check_top
 
-__all__ = ["MODEL_SETTINGS", "adapter_reranker", "check_top", "resolve_reranker", "text_with_meta"]
+__all__ = ["MODEL_SETTINGS", "adapter_reranker", "check_top", "text_with_meta"]
 
 MODEL_SETTINGS: tuple[str, ...] = tuple(
     f.name for f in dataclasses.fields(RerankerConfig) if f.name not in ("normalize", "token")
@@ -25,20 +25,6 @@ Two are left out: ``normalize`` is a per-call choice in every adapter (so adapte
 logits share the model with ones wanting 0..1 scores), and ``token`` is a secret, which each
 adapter takes in its framework's way or from the environment (``HF_TOKEN``).
 """
-
-
-def resolve_reranker(reranker: Reranker | None, **settings: Any) -> Reranker:
-    """The adapter's reranker: the one given, else the process-wide shared one for ``settings``.
-
-    ``settings`` are :class:`RerankerConfig` fields; ``None`` values fall back to the defaults, so
-    adapters can pass their optional fields straight through. No model is loaded here.
-    """
-    if reranker is not None:
-        if not isinstance(reranker, Reranker):
-            raise TypeError(f"reranker must be a Reranker, got {type(reranker).__name__}")
-        return reranker
-    given = {k: v for k, v in settings.items() if v is not None}
-    return Reranker.shared_from_config(RerankerConfig(**given))
 
 
 def adapter_reranker(settings: Mapping[str, Any], reranker: Reranker | None = None) -> Reranker:
@@ -62,7 +48,9 @@ def adapter_reranker(settings: Mapping[str, Any], reranker: Reranker | None = No
             + ", ".join(sorted(given))
             + " (a reranker brings its own settings)"
         )
-    return resolve_reranker(reranker, **given)
+    if reranker is not None:
+        return reranker
+    return Reranker.shared_from_config(RerankerConfig(**given))
 
 
 def text_with_meta(
