@@ -192,9 +192,7 @@ class Reranker:
         Raises:
             TypeError: ``query`` or a passage is not a ``str`` (the message names the index).
         """
-        _check_text("query", query)
-        texts = _check_passages(passages)
-        return self._score([(query, p) for p in texts], normalize)
+        return self._score(_query_pairs(query, passages), normalize)
 
     def score_pairs(self, pairs: Sequence[tuple[str, str]], *, normalize: bool | None = None) -> list[float]:
         """One score per ``(query, passage)`` pair, in input order."""
@@ -220,9 +218,7 @@ class Reranker:
         self, query: str, passages: Sequence[str], *, normalize: bool | None = None
     ) -> list[float]:
         """:meth:`score` without blocking the event loop: the work runs on the scoring thread."""
-        _check_text("query", query)
-        texts = _check_passages(passages)
-        return await self._ascore([(query, p) for p in texts], normalize)
+        return await self._ascore(_query_pairs(query, passages), normalize)
 
     async def ascore_pairs(
         self, pairs: Sequence[tuple[str, str]], *, normalize: bool | None = None
@@ -276,9 +272,16 @@ def rank_scores(scores: Sequence[float], top_n: int | None = None) -> list[Reran
     return [RerankResult(i, scores[i]) for i in order[:top_n]]
 
 
-def _check_text(name: str, value: object) -> None:
+def _check_text(name: str, value: object) -> str:
     if not isinstance(value, str):
         raise TypeError(f"{name} must be a str, got {type(value).__name__}")
+    return value
+
+
+def _query_pairs(query: object, passages: object) -> list[tuple[str, str]]:
+    """Validated ``(query, passage)`` pairs of one query's passages."""
+    text = _check_text("query", query)
+    return [(text, p) for p in _check_passages(passages)]
 
 
 def _check_pairs(pairs: object) -> list[tuple[str, str]]:
