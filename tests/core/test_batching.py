@@ -123,6 +123,8 @@ def test_padding_free_and_padded_forward_agree(model_dir: Path) -> None:
     padded = Reranker(model_dir, device="cpu", max_batch_tokens=2048).load()
     assert packed._backend._packed is not None  # type: ignore[attr-defined]
     padded._backend._packed = None  # type: ignore[attr-defined]  # as for a model it does not support
-    assert padded.score_pairs(pairs) == pytest.approx(packed.score_pairs(pairs), abs=1e-5, rel=1e-5)
+    # Two implementations summing in different orders: the parity bound (1e-4) used against the
+    # reference forward, not the same-code batch-invariance bound (measured up to 1.25e-5 apart).
+    assert padded.score_pairs(pairs) == pytest.approx(packed.score_pairs(pairs), abs=1e-4)
     stats = padded._backend.stats  # type: ignore[attr-defined]
     assert stats.computed_tokens > stats.real_tokens  # the fallback really padded
