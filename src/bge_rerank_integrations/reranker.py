@@ -41,9 +41,9 @@ def sigmoid(logit: float) -> float:
     return e / (1.0 + e)
 
 
-# A shared batch is closed once it holds about one forward pass of pairs: small requests share
-# passes, while a large request (100 passages fill a pass) runs alone and answers without waiting
-# for the requests queued behind it.
+# A shared batch is closed once it holds about one forward pass of pairs (the backend's
+# ``pass_tokens``): small requests share passes, while a request that fills a pass on its own runs
+# alone and answers without waiting for the requests queued behind it.
 _TYPICAL_PAIR_TOKENS = 128
 
 
@@ -132,7 +132,7 @@ class Reranker:
         self._scheduler = BatchScheduler(
             [functools.partial(self._score_logits, backend) for backend in self._backends],
             max_wait=config.batch_wait_ms / 1000,
-            max_pairs=max(1, config.max_batch_tokens // _TYPICAL_PAIR_TOKENS),
+            max_pairs=[max(1, backend.pass_tokens // _TYPICAL_PAIR_TOKENS) for backend in self._backends],
         )
 
     @property

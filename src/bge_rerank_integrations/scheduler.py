@@ -44,16 +44,20 @@ class BatchScheduler:
         max_wait: Seconds a worker keeps gathering requests after the first one arrives.
         max_pairs: Requests are added to a batch until it holds at least this many pairs (a batch
             always takes one request, however large): bigger batches use the device better, smaller
-            ones answer the first requests sooner.
+            ones answer the first requests sooner. One number for every replica, or one per replica.
     """
 
-    def __init__(self, replicas: Sequence[ScoreFn], *, max_wait: float = 0.0, max_pairs: int = 2048) -> None:
+    def __init__(
+        self, replicas: Sequence[ScoreFn], *, max_wait: float = 0.0, max_pairs: int | Sequence[int] = 2048
+    ) -> None:
         """Store the replicas; worker threads start on the first request."""
         if not replicas:
             raise ValueError("BatchScheduler needs at least one replica")
-        self._replicas = list(replicas)
+        caps = [max_pairs] * len(replicas) if isinstance(max_pairs, int) else list(max_pairs)
+        if len(caps) != len(replicas) or min(caps) < 1:
+            raise ValueError("max_pairs must be a positive number, or one per replica")
+        self._replicas = list(zip(replicas, caps, strict=True))
         self._max_wait = max_wait
-        self._max_pairs = max_pairs
         self._queue: deque[_Request] = deque()
         self._ready = threading.Condition()
         self._workers: list[threading.Thread] = []
@@ -72,31 +76,31 @@ class BatchScheduler:
         return request.future
 
     def _start_workers(self) -> None:
-        for number, score in enumerate(self._replicas):
+        for number, (score, max_pairs) in enumerate(self._replicas):
             worker = threading.Thread(
-                target=self._serve, args=(score,), name=f"bge-rerank-worker-{number}", daemon=True
+                target=self._serve, args=(score, max_pairs), name=f"bge-rerank-worker-{number}", daemon=True
             )
             worker.start()
             self._workers.append(worker)
 
-    def _serve(self, score: ScoreFn) -> None:
+    def _serve(self, score: ScoreFn, max_pairs: int) -> None:
         while True:
-            batch = self._take()
+            batch = self._take(max_pairs)
             if batch:
                 self._execute(score, batch)
 
-    def _take(self) -> list[_Request]:
+    def _take(self, max_pairs: int) -> list[_Request]:
         """Wait for work, then take waiting requests until ``max_pairs``; drop cancelled ones."""
         with self._ready:
             while not self._queue:
                 self._ready.wait()
             if self._max_wait > 0:
                 deadline = time.monotonic() + self._max_wait
-                while self._pending_pairs() < self._max_pairs and (left := deadline - time.monotonic()) > 0:
+                while self._pending_pairs() < max_pairs and (left := deadline - time.monotonic()) > 0:
                     self._ready.wait(left)
             taken: list[_Request] = []
             size = 0
-            while self._queue and size < self._max_pairs:
+            while self._queue and size < max_pairs:
                 request = self._queue.popleft()
                 if request.future.set_running_or_notify_cancel():
                     taken.append(request)

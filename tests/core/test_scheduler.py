@@ -102,6 +102,25 @@ def test_max_wait_gathers_a_burst_into_one_batch() -> None:
     assert len(model.batches) == 1
 
 
+def test_a_replica_with_a_cap_of_one_pair_takes_one_request_at_a_time() -> None:
+    model = SlowFakeModel(delay=0.05)
+    scheduler = BatchScheduler([model], max_pairs=[1])
+    blocker = scheduler.submit([("warm", "up")])
+    model.started.wait(5)
+    reqs = requests(6)
+    futures = [scheduler.submit(r) for r in reqs]  # all queued while the first pass runs
+    assert [f.result(timeout=30) for f in futures] == [expected(r) for r in reqs]
+    blocker.result(timeout=30)
+    assert model.batches[1:] == reqs  # one request per pass, in arrival order
+
+
+def test_max_pairs_must_fit_the_replicas() -> None:
+    with pytest.raises(ValueError, match="one per replica"):
+        BatchScheduler([SlowFakeModel(), SlowFakeModel()], max_pairs=[8])
+    with pytest.raises(ValueError, match="positive"):
+        BatchScheduler([SlowFakeModel()], max_pairs=0)
+
+
 def test_several_replicas_share_one_queue() -> None:
     models = [SlowFakeModel(delay=0.02), SlowFakeModel(delay=0.02)]
     scheduler = BatchScheduler(models, max_pairs=3)
@@ -163,6 +182,20 @@ def test_cancelled_and_timed_out_tasks_do_not_poison_others(model_dir: Path, wor
         else:
             assert got == pytest.approx(serial[i], abs=1e-5, rel=1e-5)
     assert reranker.score(*workload[0]) == pytest.approx(serial[0], abs=1e-5, rel=1e-5)
+
+
+def test_on_cpu_queued_requests_share_a_pass_only_up_to_one_cpu_chunk(model_dir: Path, workload) -> None:
+    # Two cores are saturated by about 2k tokens: grouping more small requests into one pass would
+    # only make the first of them wait for the last (benchmarks/RESULTS.md, cross-request batching).
+    reranker = Reranker(model_dir, device="cpu", max_length=128).load()
+    backend = reranker._backend
+    calls = [(QUERIES[0], [f"{PASSAGES[i % 5]} {i} {j}" for j in range(10)]) for i in range(8)]
+    before = backend.stats.forward_passes
+    with ThreadPoolExecutor(max_workers=8) as pool:
+        results = list(pool.map(lambda c: reranker.score(*c), calls))
+    assert backend.stats.forward_passes - before >= 4  # at most two 10-pair requests per pass
+    for call, got in zip(calls, results, strict=True):
+        assert got == pytest.approx(reranker.score(*call), abs=1e-5, rel=1e-5)
 
 
 def test_a_list_of_devices_runs_one_replica_per_device(model_dir: Path, workload) -> None:

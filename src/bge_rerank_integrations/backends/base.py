@@ -16,6 +16,15 @@ class Backend(Protocol):
         """Whether the heavy state (weights, clients) is ready."""
         ...
 
+    @property
+    def pass_tokens(self) -> int:
+        """About how many tokens one forward pass needs to keep the device busy.
+
+        The request queue stops adding requests to a shared batch past this size: beyond it, sharing
+        a pass saves nothing and only makes the first requests wait for the last.
+        """
+        ...
+
     def load(self) -> None:
         """Make the backend ready; idempotent and safe to call from several threads."""
         ...

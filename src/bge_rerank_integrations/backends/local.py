@@ -106,6 +106,17 @@ class LocalBackend:
         assert self._device is not None
         return self._device
 
+    @property
+    def pass_tokens(self) -> int:
+        """One CPU chunk (two cores are busy with ~2k tokens); on an accelerator, the batch budget."""
+        try:
+            device = self._device or resolve_device(self._device_name)
+        except ValueError:  # an invalid device name is reported by load(), with the model's context
+            return self.config.max_batch_tokens
+        if device.type != "cpu":
+            return self.config.max_batch_tokens
+        return _CPU_CHUNK_TOKENS["float32" if self.config.dtype in ("auto", "float32") else "half"]
+
     def load(self) -> None:
         """Load tokenizer and weights once; later calls return at once."""
         if self._model is not None:

@@ -255,6 +255,11 @@ class RemoteBackend:
         """Whether the HTTP client is ready (nothing is sent to the server to check)."""
         return self._client is not None
 
+    @property
+    def pass_tokens(self) -> int:
+        """The batch budget: the engine batches on its side, fewer larger requests cost less."""
+        return self.config.max_batch_tokens
+
     def load(self) -> None:
         """Make the HTTP client once, reading the API key from ``api_key_env``; thread-safe.
 
