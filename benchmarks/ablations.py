@@ -12,6 +12,9 @@ max |delta| of the logits against the first variant. Variants:
   ``packed-N-padattn``: the same with padded-block attention instead of per-pair attention;
 - ``packed-N-copies``: the padding-free forward without the in-place residual adds and GELU;
 - ``packed-N-compile``: the feed-forward and attention-output blocks under ``torch.compile``;
+- ``packed-N-torchlinear``: torch's own linear layers (MKL on CPU) instead of oneDNN's;
+  ``packed-N-gelu``: oneDNN linear layers with GELU as a separate step instead of fused;
+  ``packed-N-rows1``: oneDNN without rounding the row count up to a multiple of 64;
 - ``bf16-N`` / ``bf16-N-fp32attn``: dtype bfloat16, attention in bf16 or in fp32;
 - ``ce``: sentence-transformers CrossEncoder (batch 32); ``flag-bsN``: FlagReranker, batch size N.
 """
@@ -131,6 +134,13 @@ def make_variant(name: str, model: str) -> Scorer:
     packed.chunk_tokens = None if chunk == "none" else int(chunk)
     run: Any = packed_module.PackedForward._run
     attention_call: Any = packed_module._Attention.__call__
+    if "torchlinear" in options:
+        packed.linear, packed.linear_gelu = F.linear, packed_module._gelu_after(F.linear)
+        packed.row_multiple = 1
+    if "gelu" in options:
+        packed.linear_gelu = packed_module._gelu_after(packed.linear)
+    if "rows1" in options:
+        packed.row_multiple = 1
     if "padattn" in options:
         packed.attention = "padded"
     if "copies" in options:

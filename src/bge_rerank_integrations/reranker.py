@@ -47,6 +47,10 @@ def sigmoid(logit: float) -> float:
 _TYPICAL_PAIR_TOKENS = 128
 
 
+def _pass_pairs(backend: Backend) -> int:
+    return backend.pass_tokens // _TYPICAL_PAIR_TOKENS
+
+
 class Reranker:
     """A cross-encoder reranker (bge-reranker-v2-m3 by default) with a framework-free API.
 
@@ -132,7 +136,7 @@ class Reranker:
         self._scheduler = BatchScheduler(
             [functools.partial(self._score_logits, backend) for backend in self._backends],
             max_wait=config.batch_wait_ms / 1000,
-            max_pairs=[max(1, backend.pass_tokens // _TYPICAL_PAIR_TOKENS) for backend in self._backends],
+            max_pairs=[functools.partial(_pass_pairs, backend) for backend in self._backends],
         )
 
     @property

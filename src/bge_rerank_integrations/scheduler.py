@@ -44,18 +44,28 @@ class BatchScheduler:
         max_wait: Seconds a worker keeps gathering requests after the first one arrives.
         max_pairs: Requests are added to a batch until it holds at least this many pairs (a batch
             always takes one request, however large): bigger batches use the device better, smaller
-            ones answer the first requests sooner. One number for every replica, or one per replica.
+            ones answer the first requests sooner. One number for every replica, or per replica a
+            function read before each batch (a backend may learn its device only when it loads).
     """
 
     def __init__(
-        self, replicas: Sequence[ScoreFn], *, max_wait: float = 0.0, max_pairs: int | Sequence[int] = 2048
+        self,
+        replicas: Sequence[ScoreFn],
+        *,
+        max_wait: float = 0.0,
+        max_pairs: int | Sequence[Callable[[], int]] = 2048,
     ) -> None:
         """Store the replicas; worker threads start on the first request."""
         if not replicas:
             raise ValueError("BatchScheduler needs at least one replica")
-        caps = [max_pairs] * len(replicas) if isinstance(max_pairs, int) else list(max_pairs)
-        if len(caps) != len(replicas) or min(caps) < 1:
-            raise ValueError("max_pairs must be a positive number, or one per replica")
+        if isinstance(max_pairs, int):
+            if max_pairs < 1:
+                raise ValueError(f"max_pairs must be positive, got {max_pairs}")
+            caps: list[Callable[[], int]] = [lambda: max_pairs] * len(replicas)
+        else:
+            caps = list(max_pairs)
+        if len(caps) != len(replicas):
+            raise ValueError(f"max_pairs has {len(caps)} entries for {len(replicas)} replicas")
         self._replicas = list(zip(replicas, caps, strict=True))
         self._max_wait = max_wait
         self._queue: deque[_Request] = deque()
@@ -83,9 +93,14 @@ class BatchScheduler:
             worker.start()
             self._workers.append(worker)
 
-    def _serve(self, score: ScoreFn, max_pairs: int) -> None:
+    def _serve(self, score: ScoreFn, max_pairs: Callable[[], int]) -> None:
         while True:
-            batch = self._take(max_pairs)
+            try:
+                cap = max(1, max_pairs())
+            except Exception:  # the worker must outlive a broken hint, or every caller would hang
+                logger.exception("could not size the next batch; taking one request")
+                cap = 1
+            batch = self._take(cap)
             if batch:
                 self._execute(score, batch)
 

@@ -128,3 +128,23 @@ def test_padding_free_and_padded_forward_agree(model_dir: Path) -> None:
     assert padded.score_pairs(pairs) == pytest.approx(packed.score_pairs(pairs), abs=1e-4)
     stats = padded._backend.stats  # type: ignore[attr-defined]
     assert stats.computed_tokens > stats.real_tokens  # the fallback really padded
+
+
+def test_linear_layer_library_and_attention_mode_do_not_change_scores(model_dir: Path) -> None:
+    """oneDNN's linear layers (rows rounded up to 64) agree with torch's, under both CPU attentions."""
+    from bge_rerank_integrations.backends.packed import _gelu_after
+
+    pairs = workload(90, seed=5)
+    default = Reranker(model_dir, device="cpu", max_batch_tokens=3000).load()
+    expected = default.score_pairs(pairs)
+    packed = default._backend._packed  # type: ignore[attr-defined]
+    assert packed.row_multiple == 64  # oneDNN is in use on this CPU
+    packed.attention = "padded"  # one masked attention call over spare rows too (the CUDA fallback)
+    assert default.score_pairs(pairs) == pytest.approx(expected, abs=1e-4)
+    packed.attention = "per-pair"
+    packed.linear, packed.linear_gelu, packed.row_multiple = (
+        torch.nn.functional.linear,
+        _gelu_after(torch.nn.functional.linear),
+        1,
+    )
+    assert default.score_pairs(pairs) == pytest.approx(expected, abs=1e-4)

@@ -104,7 +104,7 @@ def test_max_wait_gathers_a_burst_into_one_batch() -> None:
 
 def test_a_replica_with_a_cap_of_one_pair_takes_one_request_at_a_time() -> None:
     model = SlowFakeModel(delay=0.05)
-    scheduler = BatchScheduler([model], max_pairs=[1])
+    scheduler = BatchScheduler([model], max_pairs=[lambda: 1])
     blocker = scheduler.submit([("warm", "up")])
     model.started.wait(5)
     reqs = requests(6)
@@ -115,8 +115,8 @@ def test_a_replica_with_a_cap_of_one_pair_takes_one_request_at_a_time() -> None:
 
 
 def test_max_pairs_must_fit_the_replicas() -> None:
-    with pytest.raises(ValueError, match="one per replica"):
-        BatchScheduler([SlowFakeModel(), SlowFakeModel()], max_pairs=[8])
+    with pytest.raises(ValueError, match="1 entries for 2 replicas"):
+        BatchScheduler([SlowFakeModel(), SlowFakeModel()], max_pairs=[lambda: 8])
     with pytest.raises(ValueError, match="positive"):
         BatchScheduler([SlowFakeModel()], max_pairs=0)
 

@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import itertools
 import logging
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import torch
@@ -51,6 +51,55 @@ def packed_support(model: Any) -> str | None:
     if cfg.hidden_size % cfg.num_attention_heads:
         return "hidden_size is not a multiple of num_attention_heads"
     return None
+
+
+Linear = Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]
+
+_ONEDNN_ROW_MULTIPLE = 64
+
+
+def _gelu_after(linear: Linear) -> Linear:
+    def linear_gelu(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor) -> torch.Tensor:
+        out = linear(x, weight, bias)
+        torch.ops.aten.gelu_(out)  # the exact (erf) GELU, in place
+        return out
+
+    return linear_gelu
+
+
+def _onednn_linears() -> tuple[Linear, Linear] | None:
+    """oneDNN's fp32 linear layer, and the same with GELU fused, if they run here and agree with torch's.
+
+    torch's CPU ``addmm`` calls MKL's sgemm, which on the AMD EPYC this project measures on reaches
+    138-205 GFLOP/s on the layer shapes against oneDNN's 198-221 (benchmarks/RESULTS.md). The op is
+    private to torch (its compiler's CPU fusions use it), so it is probed once and ``F.linear`` stays
+    the fallback.
+    """
+    try:
+        op = torch.ops.mkldnn._linear_pointwise
+
+        def linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor) -> torch.Tensor:
+            out: torch.Tensor = op(x, weight, bias, "none", [], "")
+            return out
+
+        def linear_gelu(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor) -> torch.Tensor:
+            out: torch.Tensor = op(x, weight, bias, "gelu", [], "none")  # "none": erf, not tanh
+            return out
+
+        gen = torch.Generator().manual_seed(0)
+        x, weight, bias = (torch.randn(*shape, generator=gen) for shape in ((37, 96), (80, 96), (80,)))
+        with torch.inference_mode():
+            ok = torch.allclose(linear(x, weight, bias), F.linear(x, weight, bias), atol=1e-4, rtol=1e-4)
+            ok = ok and torch.allclose(
+                linear_gelu(x, weight, bias), F.gelu(F.linear(x, weight, bias)), atol=1e-4, rtol=1e-4
+            )
+    except Exception as exc:
+        logger.info("oneDNN linear layers unavailable (%s)", exc)
+        return None
+    if not ok:
+        logger.warning("oneDNN linear layers disagree with torch's; not using them")
+        return None
+    return linear, linear_gelu
 
 
 class _Layer:
@@ -112,7 +161,21 @@ class PackedForward:
         self.attention = "per-pair" if self.device.type == "cpu" else "padded"
         if self._varlen_works():
             self.attention = "varlen"
-        logger.info("padding-free forward on %s, attention: %s", self.device, self.attention)
+        self.linear: Linear = F.linear
+        self.linear_gelu = _gelu_after(F.linear)
+        self.row_multiple = 1
+        onednn = _onednn_linears() if self.device.type == "cpu" and self.word.dtype == torch.float32 else None
+        if onednn is not None:
+            self.linear, self.linear_gelu = onednn
+            # oneDNN builds (and caches, ~0.3 MB each) a kernel per matrix shape: rounding the row
+            # count up keeps the shapes to a few dozen, for at most 63 rows of extra work a pass
+            self.row_multiple = _ONEDNN_ROW_MULTIPLE
+        logger.info(
+            "padding-free forward on %s, attention: %s, linear layers: %s",
+            self.device,
+            self.attention,
+            "oneDNN" if onednn else "torch",
+        )
 
     def __call__(self, batch: Sequence[Sequence[int]]) -> torch.Tensor:
         """fp32 logits ``[len(batch)]`` of the id sequences in ``batch`` (any order, any lengths)."""
@@ -140,6 +203,9 @@ class PackedForward:
         bounds = list(itertools.accumulate(lengths, initial=0))
         ids = torch.tensor(list(itertools.chain.from_iterable(batch)), dtype=torch.long)
         positions = self._positions(ids, lengths, bounds)
+        spare = -bounds[-1] % self.row_multiple
+        if spare:  # rows that belong to no pair: row-wise layers carry them, attention skips them
+            ids, positions = (F.pad(t, (0, spare), value=self.pad_id) for t in (ids, positions))
         starts = torch.tensor(bounds[:-1], dtype=torch.long)
         if self.device.type != "cpu":
             pin = self.device.type == "cuda"
@@ -154,13 +220,12 @@ class PackedForward:
         h += self.token_type0
         h = F.layer_norm(h, (self.hidden,), *self.ln0)
         attend = _Attention(bounds, self.heads, self.device, self.attention)
+        linear = self.linear
         for layer in self.layers:
-            a = F.linear(attend(F.linear(h, *layer.qkv)), *layer.out)
+            a = linear(attend(linear(h, *layer.qkv)), *layer.out)
             a += h
             h = F.layer_norm(a, (self.hidden,), *layer.ln1)
-            up = F.linear(h, *layer.up)
-            torch.ops.aten.gelu_(up)  # the exact (erf) GELU of XLM-RoBERTa, in place
-            down = F.linear(up, *layer.down)
+            down = linear(self.linear_gelu(h, *layer.up), *layer.down)  # the exact (erf) GELU
             down += h
             h = F.layer_norm(down, (self.hidden,), *layer.ln2)
         first = h[starts]  # the <s> token of every pair
@@ -229,6 +294,15 @@ class _Attention:
             self.valid = valid.reshape(-1).to(device, non_blocking=True)
 
     def __call__(self, qkv: torch.Tensor) -> torch.Tensor:
+        """``[rows, hidden]``: each pair's attention output; rows past the last pair are zeros."""
+        rows = qkv.shape[0]
+        tokens = self.bounds[-1]
+        if self.mode == "per-pair":
+            return self._per_pair(qkv)
+        out = self._fused(qkv[:tokens])
+        return out if rows == tokens else torch.cat([out, out.new_zeros(rows - tokens, out.shape[1])])
+
+    def _fused(self, qkv: torch.Tensor) -> torch.Tensor:
         tokens, width = qkv.shape
         hidden = width // 3
         dim = hidden // self.heads
@@ -248,9 +322,17 @@ class _Attention:
                 q, k, v, attn_mask=self.mask
             )  # [pairs, heads, longest, dim]
             return block.transpose(1, 2).reshape(pairs * self.longest, hidden)[self.valid]
-        out = qkv.new_empty(tokens, self.heads, dim)
+        raise ValueError(f"unknown attention mode {self.mode!r}")
+
+    def _per_pair(self, qkv: torch.Tensor) -> torch.Tensor:
+        rows, width = qkv.shape
+        hidden = width // 3
+        dim = hidden // self.heads
+        split = qkv.view(rows, 3, self.heads, dim)  # [rows, 3, heads, dim]
+        out = qkv.new_empty(rows, self.heads, dim)
+        out[self.bounds[-1] :] = 0
         for start, stop in itertools.pairwise(self.bounds):
             # per pair [1, heads, length, dim] views of the packed matrix, no copies
             q, k, v = (split[start:stop, i].transpose(0, 1).unsqueeze(0) for i in range(3))
             out[start:stop] = F.scaled_dot_product_attention(q, k, v)[0].transpose(0, 1)
-        return out.view(tokens, hidden)
+        return out.view(rows, hidden)
