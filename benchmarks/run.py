@@ -169,13 +169,18 @@ def forward_flops(lengths: Sequence[int], config: dict[str, Any]) -> float:
 
 
 class _PeakRSS:
-    """Samples the process's resident memory (Linux ``/proc``) in a thread while a call runs."""
+    """Peak resident memory of the process while a call runs (Linux ``/proc``).
+
+    The kernel's high-water mark is reset before the call and read after it, so nothing runs beside
+    the timed code (a sampling thread slowed 2-core CPU calls by about 5%). Where the mark cannot be
+    reset, a thread samples the resident size every 5 ms instead.
+    """
 
     def __init__(self, interval: float = 0.005) -> None:
         self._interval = interval
-        self.peak = 0
+        self.start = self.peak = 0
         self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._loop, daemon=True)
+        self._thread: threading.Thread | None = None
 
     @staticmethod
     def rss() -> int:
@@ -185,20 +190,34 @@ class _PeakRSS:
         except (OSError, ValueError):
             return 0
 
+    @staticmethod
+    def _high_water_mark() -> int:
+        with open("/proc/self/status") as f:
+            line = next(x for x in f if x.startswith("VmHWM:"))
+        return int(line.split()[1]) * 1024
+
     def _loop(self) -> None:
         while not self._stop.is_set():
             self.peak = max(self.peak, self.rss())
             self._stop.wait(self._interval)
 
     def __enter__(self) -> _PeakRSS:
-        self.start = self.rss()
-        self.peak = self.start
-        self._thread.start()
+        self.start = self.peak = self.rss()
+        try:
+            with open("/proc/self/clear_refs", "w") as f:
+                f.write("5")  # resets VmHWM to the current resident size
+            self._high_water_mark()
+        except (OSError, StopIteration, ValueError):
+            self._thread = threading.Thread(target=self._loop, daemon=True)
+            self._thread.start()
         return self
 
     def __exit__(self, *exc: object) -> None:
-        self._stop.set()
-        self._thread.join()
+        if self._thread is None:
+            self.peak = max(self.peak, self._high_water_mark())
+        else:
+            self._stop.set()
+            self._thread.join()
         self.peak = max(self.peak, self.rss())
 
 
