@@ -51,3 +51,16 @@ def test_concurrency_benchmark_runs_and_both_modes_agree(tmp_path: Path) -> None
     assert report["concurrent"]["pairs_per_s"] > 0
     assert report["max_abs_score_delta"] < 1e-5
     assert "| concurrent, coalesced |" in (tmp_path / "out" / "concurrency.md").read_text()
+
+
+@pytest.mark.slow
+def test_kernel_benchmarks_run_and_both_attentions_agree(capsys: pytest.CaptureFixture[str]) -> None:
+    from benchmarks.kernels import attention, linear
+
+    linear()
+    attention(chunks=1)
+    out = capsys.readouterr().out
+    assert "| 384 x 1152 |" in out
+    assert "square 2048 matmul" in out
+    delta = float(out.split("max |delta| between the two: ")[1].split()[0])
+    assert delta < 1e-4

@@ -1,0 +1,129 @@
+"""Where the core's CPU forward pass spends its time, kernel by kernel.
+
+    python -m benchmarks.kernels linear      # MKL (torch's addmm) vs oneDNN on the layer shapes
+    python -m benchmarks.kernels attention   # per-pair flash attention vs bmm + softmax, 2k-token chunks
+    python -m benchmarks.kernels profile     # torch profiler over one interactive request
+
+Figures quoted from these commands are in ``benchmarks/RESULTS.md``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import itertools
+import random
+import time
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+
+
+def _best_seconds(fn: Callable[[], object], repeats: int = 10) -> float:
+    fn()
+    best = float("inf")
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        fn()
+        best = min(best, time.perf_counter() - t0)
+    return best
+
+
+def linear() -> None:
+    """GFLOP/s of one linear layer, 2048 rows, through each library, for both subjects' shapes."""
+    onednn = torch.ops.mkldnn._linear_pointwise
+    print("| in x out | MKL (F.linear) GFLOP/s | oneDNN GFLOP/s |")
+    print("|---|---:|---:|")
+    rows = 2048
+    for k, n in [(384, 1152), (384, 384), (384, 1536), (1536, 384), (1024, 3072), (1024, 4096), (4096, 1024)]:
+        x, w, b = torch.randn(rows, k), torch.randn(n, k) * 0.05, torch.randn(n)
+        flops = 2 * rows * k * n
+        mkl = _best_seconds(lambda: F.linear(x, w, b))  # noqa: B023  (called before the loop moves on)
+        dnn = _best_seconds(lambda: onednn(x, w, b, "none", [], ""))  # noqa: B023
+        print(f"| {k} x {n} | {flops / mkl / 1e9:.0f} | {flops / dnn / 1e9:.0f} |")
+    a, c = torch.randn(2048, 2048), torch.randn(2048, 2048)
+    square = 2 * 2048**3
+    print(f"square 2048 matmul: MKL {square / _best_seconds(lambda: a @ c) / 1e9:.0f} GFLOP/s, ", end="")
+    print(f"oneDNN {square / _best_seconds(lambda: onednn(a, c, None, 'none', [], '')) / 1e9:.0f} GFLOP/s")
+
+
+def attention(heads: int = 6, dim: int = 64, chunks: int = 10) -> None:
+    """Per-pair attention over 2k-token chunks of skewed lengths (the reduced subject's heads)."""
+    rng = random.Random(1)
+    hidden = heads * dim
+    data = []
+    for _ in range(chunks):
+        lengths: list[int] = []
+        while sum(lengths) < 2048:
+            lengths.append(min(510, max(20, int(rng.lognormvariate(5.0, 0.6)))))
+        bounds = list(itertools.accumulate(lengths, initial=0))
+        data.append((torch.randn(bounds[-1], 3 * hidden), bounds))
+    flops = sum(4 * (b - a) ** 2 * hidden for _, bounds in data for a, b in itertools.pairwise(bounds))
+
+    def flash(qkv: torch.Tensor, bounds: Sequence[int]) -> torch.Tensor:
+        split = qkv.view(-1, 3, heads, dim)
+        out = qkv.new_empty(qkv.shape[0], heads, dim)
+        for a, b in itertools.pairwise(bounds):
+            q, k, v = (split[a:b, i].transpose(0, 1).unsqueeze(0) for i in range(3))
+            out[a:b] = F.scaled_dot_product_attention(q, k, v)[0].transpose(0, 1)
+        return out
+
+    def bmm(qkv: torch.Tensor, bounds: Sequence[int]) -> torch.Tensor:  # queries come pre-scaled
+        split = qkv.view(-1, 3, heads, dim)
+        out = qkv.new_empty(qkv.shape[0], heads, dim)
+        for a, b in itertools.pairwise(bounds):
+            q, k, v = (split[a:b, i].transpose(0, 1) for i in range(3))
+            out[a:b] = torch.bmm(torch.bmm(q, k.transpose(1, 2)).softmax(-1), v).transpose(0, 1)
+        return out
+
+    scaled = [(qkv.clone(), bounds) for qkv, bounds in data]
+    for qkv, _ in scaled:
+        qkv[:, :hidden] *= dim**-0.5
+    with torch.inference_mode():
+        delta = max((flash(*d) - bmm(*s)).abs().max().item() for d, s in zip(data, scaled, strict=True))
+        print(f"max |delta| between the two: {delta:.1e}")
+        for name, fn, inputs in [("flash (per pair)", flash, data), ("bmm + softmax", bmm, scaled)]:
+            seconds = _best_seconds(lambda: [fn(*x) for x in inputs], repeats=3)  # noqa: B023
+            print(f"{name}: {seconds * 1e3:.1f} ms, {flops / seconds / 1e9:.0f} GFLOP/s")
+
+
+def profile(model: str = ".models/bench/small") -> None:
+    """The torch profiler's op table for the padding-free forward of one interactive request."""
+    from torch.profiler import ProfilerActivity
+    from torch.profiler import profile as torch_profile
+
+    from benchmarks.run import build_subject
+    from benchmarks.workloads import make_workloads
+    from bge_rerank_integrations import Reranker
+    from bge_rerank_integrations.batching import plan_packed_batches
+
+    path = str(build_subject("small", Path(model)))
+    request = make_workloads(path, "cpu")[0].requests[0]
+    backend = Reranker(path, device="cpu").load()._backend
+    ids = backend._encoder.encode([(request.query, p) for p in request.passages])  # type: ignore[attr-defined]
+    packed = backend._packed  # type: ignore[attr-defined]
+    batches = [[ids[i] for i in b] for b in plan_packed_batches([len(x) for x in ids], 16384)]
+
+    def run() -> None:
+        with torch.inference_mode():
+            for batch in batches:
+                packed(batch)
+
+    print(f"{sum(map(len, ids))} tokens; forward {_best_seconds(run, repeats=3):.2f} s (best of 3)")
+    with torch_profile(activities=[ProfilerActivity.CPU]) as prof:
+        run()
+    print(prof.key_averages().table(sort_by="self_cpu_time_total", row_limit=12))
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Command line entry point."""
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
+    parser.add_argument("what", choices=["linear", "attention", "profile"])
+    args = parser.parse_args(argv)
+    {"linear": linear, "attention": attention, "profile": profile}[args.what]()
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
