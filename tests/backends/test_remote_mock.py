@@ -17,6 +17,7 @@ import threading
 import time
 import zlib
 from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import httpx
@@ -539,3 +540,18 @@ def test_a_closed_port_is_a_connection_error() -> None:
     with pytest.raises(RemoteBackendError, match=r"cannot reach the server .*check base_url") as info:
         _real_backend(port).score_pairs([("q", "a")])
     assert info.value.status is None
+
+
+def test_concurrent_callers_keep_several_requests_in_flight(with_transport: Any) -> None:
+    # The engine batches on its side: concurrent callers' requests must overlap, not queue one by one
+    # behind a single in-flight request.
+    fake = FakeEngine("infinity", delay=0.2)
+    with_transport(fake)
+    reranker = Reranker(backend="infinity", base_url=BASE_URL, max_concurrent_requests=4)
+    passages = [f"passage {i} about pandas and bamboo" for i in range(100)]
+    queries = [f"question {n}" for n in range(8)]
+    with ThreadPoolExecutor(max_workers=8) as pool:
+        results = list(pool.map(lambda q: reranker.score(q, passages), queries))
+    assert results == [[true_logit(q, p) for p in passages] for q in queries]
+    assert len(fake.requests) == 8
+    assert fake.max_in_flight == 4  # every allowed connection busy

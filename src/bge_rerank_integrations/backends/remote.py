@@ -257,8 +257,8 @@ class RemoteBackend:
 
     @property
     def pass_tokens(self) -> int:
-        """The batch budget: the engine batches on its side, fewer larger requests cost less."""
-        return self.config.max_batch_tokens
+        """A batch budget per allowed connection: a shared batch fills every one of them at once."""
+        return self.config.max_batch_tokens * self.config.max_concurrent_requests
 
     def load(self) -> None:
         """Make the HTTP client once, reading the API key from ``api_key_env``; thread-safe.
