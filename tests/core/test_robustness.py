@@ -110,7 +110,9 @@ def _rss_bytes() -> int:
         return int(statm.read().split()[1]) * 4096
 
 
-def test_memory_does_not_grow_across_a_thousand_calls(reranker: Reranker) -> None:
+@pytest.mark.parametrize("dtype", ["float32", "bfloat16"])
+def test_memory_does_not_grow_across_a_thousand_calls(model_dir: Path, dtype: str) -> None:
+    reranker = Reranker(model_dir, device="cpu", max_length=128, dtype=dtype).load()
     for _ in range(100):  # warm up allocator pools and caches
         reranker.score(QUERY, PASSAGES)
     gc.collect()

@@ -55,7 +55,7 @@ def packed_support(model: Any) -> str | None:
 
 Linear = Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]
 
-_ONEDNN_ROW_MULTIPLE = 64
+_CPU_ROW_MULTIPLE = 64
 
 
 def _gelu_after(linear: Linear) -> Linear:
@@ -163,13 +163,13 @@ class PackedForward:
             self.attention = "varlen"
         self.linear: Linear = F.linear
         self.linear_gelu = _gelu_after(F.linear)
-        self.row_multiple = 1
+        # On CPU the linear layers run on oneDNN (fp32 by our choice, bf16/fp16 inside torch), which
+        # builds and caches a kernel per matrix shape (~0.3-0.7 MB each, up to 1,024 of them):
+        # rounding the row count up keeps the shapes to a few dozen, for at most 63 spare rows a pass.
+        self.row_multiple = _CPU_ROW_MULTIPLE if self.device.type == "cpu" else 1
         onednn = _onednn_linears() if self.device.type == "cpu" and self.word.dtype == torch.float32 else None
         if onednn is not None:
             self.linear, self.linear_gelu = onednn
-            # oneDNN builds (and caches, ~0.3 MB each) a kernel per matrix shape: rounding the row
-            # count up keeps the shapes to a few dozen, for at most 63 rows of extra work a pass
-            self.row_multiple = _ONEDNN_ROW_MULTIPLE
         logger.info(
             "padding-free forward on %s, attention: %s, linear layers: %s",
             self.device,
