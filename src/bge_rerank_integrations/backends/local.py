@@ -108,9 +108,9 @@ class LocalBackend:
 
     @property
     def pass_tokens(self) -> int:
-        """One CPU chunk (two cores are busy with ~2k tokens); on an accelerator, the batch budget."""
+        """On CPU one chunk (about 2k tokens already keep the cores busy); elsewhere the batch budget."""
         try:
-            device = self._device or resolve_device(self._device_name)
+            device = self._device if self._device is not None else resolve_device(self._device_name)
         except ValueError:  # an invalid device name is reported by load(), with the model's context
             return self.config.max_batch_tokens
         if device.type != "cpu":

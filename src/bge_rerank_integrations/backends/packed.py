@@ -71,7 +71,7 @@ def _onednn_linears() -> tuple[Linear, Linear] | None:
     """oneDNN's fp32 linear layer, and the same with GELU fused, if they run here and agree with torch's.
 
     torch's CPU ``addmm`` calls MKL's sgemm, which on the AMD EPYC this project measures on reaches
-    138-205 GFLOP/s on the layer shapes against oneDNN's 198-221 (benchmarks/RESULTS.md). The op is
+    187-205 GFLOP/s on the layer shapes against oneDNN's 198-222 (benchmarks/RESULTS.md). The op is
     private to torch (its compiler's CPU fusions use it), so it is probed once and ``F.linear`` stays
     the fallback.
     """
