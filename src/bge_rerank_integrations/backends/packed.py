@@ -164,7 +164,7 @@ class PackedForward:
         self.linear: Linear = F.linear
         self.linear_gelu = _gelu_after(F.linear)
         # On CPU the linear layers run on oneDNN (fp32 by our choice, bf16/fp16 inside torch), which
-        # builds and caches a kernel per matrix shape (~0.3-0.7 MB each, up to 1,024 of them):
+        # builds and caches a kernel per matrix shape (memory grows with every new token count):
         # rounding the row count up keeps the shapes to a few dozen, for at most 63 spare rows a pass.
         self.row_multiple = _CPU_ROW_MULTIPLE if self.device.type == "cpu" else 1
         onednn = _onednn_linears() if self.device.type == "cpu" and self.word.dtype == torch.float32 else None
