@@ -172,8 +172,8 @@ class _PeakRSS:
     """Peak resident memory of the process while a call runs (Linux ``/proc``).
 
     The kernel's high-water mark is reset before the call and read after it, so nothing runs beside
-    the timed code (a sampling thread slowed 2-core CPU calls by about 5%). Where the mark cannot be
-    reset, a thread samples the resident size every 5 ms instead.
+    the timed code, and the peak is exact. Where the mark cannot be reset, a thread samples the
+    resident size every 5 ms instead.
     """
 
     def __init__(self, interval: float = 0.005) -> None:
