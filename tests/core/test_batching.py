@@ -132,13 +132,26 @@ def test_padding_free_and_padded_forward_agree(model_dir: Path) -> None:
 
 def test_linear_layer_library_and_attention_mode_do_not_change_scores(model_dir: Path) -> None:
     """oneDNN's linear layers (rows rounded up to 64) agree with torch's, under both CPU attentions."""
-    from bge_rerank_integrations.backends.packed import _gelu_after
+    from bge_rerank_integrations.backends.packed import _gelu_after, _onednn_linears
 
     pairs = workload(90, seed=5)
     default = Reranker(model_dir, device="cpu", max_batch_tokens=3000).load()
-    expected = default.score_pairs(pairs)
     packed = default._backend._packed  # type: ignore[attr-defined]
-    assert packed.row_multiple == 64  # oneDNN is in use on this CPU
+    rows: list[int] = []
+    onednn_linear = packed.linear
+
+    def recording(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor) -> torch.Tensor:
+        rows.append(x.shape[0])
+        return onednn_linear(x, weight, bias)  # type: ignore[no-any-return]
+
+    packed.linear = recording
+    expected = default.score_pairs(pairs)
+    assert (onednn_linear is not torch.nn.functional.linear) == (_onednn_linears() is not None)
+    assert rows
+    assert all(n % 64 == 0 for n in rows)  # few distinct shapes for oneDNN's kernel cache
+    stats = default._backend.stats  # type: ignore[attr-defined]
+    assert stats.real_tokens < stats.computed_tokens < stats.real_tokens + 64 * len(rows)  # spare rows count
+    packed.linear = onednn_linear
     packed.attention = "padded"  # one masked attention call over spare rows too (the CUDA fallback)
     assert default.score_pairs(pairs) == pytest.approx(expected, abs=1e-4)
     packed.attention = "per-pair"

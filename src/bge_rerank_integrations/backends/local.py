@@ -1,12 +1,12 @@
 """The local backend: a ``transformers`` cross-encoder run with torch (with ``backends.packed``, the
 only modules importing torch).
 
-Pairs (made distinct by the ``Reranker``'s queue) are tokenized in one batched call, sorted by length and cut
-into batches under a token budget. XLM-RoBERTa models (bge-reranker-v2-m3) run padding-free
-(``backends.packed``: no compute on pad tokens at all); other models run padded batches, where the
-budget counts padded tokens. Each batch runs once, in fp16 on CUDA and fp32 on CPU by default;
-logits come back as fp32 and in input order. A CUDA out-of-memory error splits the batch in two and
-retries instead of failing the call.
+Pairs (made distinct by the ``Reranker``'s queue) are tokenized in one batched call, sorted by length
+and cut into batches under a token budget. XLM-RoBERTa models (bge-reranker-v2-m3) run padding-free
+(``backends.packed``: no pad tokens; on CPU at most 63 spare rows a pass); other models run padded
+batches, where the budget counts padded tokens. Each batch runs once, in fp16 on CUDA and fp32 on
+CPU by default; logits come back as fp32 and in input order. A CUDA out-of-memory error splits the
+batch in two and retries instead of failing the call.
 """
 
 from __future__ import annotations
@@ -115,7 +115,8 @@ class LocalBackend:
             return self.config.max_batch_tokens
         if device.type != "cpu":
             return self.config.max_batch_tokens
-        return _CPU_CHUNK_TOKENS["float32" if self.config.dtype in ("auto", "float32") else "half"]
+        chunk = _CPU_CHUNK_TOKENS["float32" if self.config.dtype in ("auto", "float32") else "half"]
+        return min(chunk, self.config.max_batch_tokens)
 
     def load(self) -> None:
         """Load tokenizer and weights once; later calls return at once."""
@@ -227,7 +228,8 @@ class LocalBackend:
         if self._packed is not None:
             with self._device_lock, torch.inference_mode():
                 packed: list[float] = self._packed(batch).cpu().tolist()
-            self._count(len(batch), real, real)
+                computed = self._packed.computed_rows
+            self._count(len(batch), real, computed)
             return packed
         width = padded_length(max(len(x) for x in batch), self._multiple)
         padded = [x + [self._pad_id] * (width - len(x)) for x in batch]

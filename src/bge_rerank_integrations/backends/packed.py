@@ -3,10 +3,11 @@
 A padded batch spends matrix-multiply time on pad tokens: the longest pair sets the width of every
 row. Here the pairs of a batch are concatenated into one ``[tokens, hidden]`` matrix, so every linear
 layer (query/key/value, fused into one, attention output, the feed-forward pair) runs on real tokens
-only; attention, the one step that needs to know where a pair starts and ends, runs per pair group
-on exactly that pair's tokens. The weights are the ``transformers`` model's own (the fused
-query/key/value matrix is stored once and the model's three projections become views of it), and the
-arithmetic is the same, so the logits match the padded ``transformers`` forward up to float rounding.
+(on CPU plus at most 63 spare rows a pass, which keep the matrix shapes few); attention, the one step
+that needs to know where a pair starts and ends, runs per pair group on exactly that pair's tokens.
+The weights are the ``transformers`` model's own (the fused query/key/value matrix is stored once and
+the model's three projections become views of it), and the arithmetic is the same, so the logits
+match the padded ``transformers`` forward up to float rounding.
 
 Only the plain architecture is taken: absolute positions, ``gelu``, an encoder without cross
 attention, a ``<s>``-token classification head. :func:`packed_support` names the first thing that
@@ -167,6 +168,7 @@ class PackedForward:
         # builds and caches a kernel per matrix shape (memory grows with every new token count):
         # rounding the row count up keeps the shapes to a few dozen, for at most 63 spare rows a pass.
         self.row_multiple = _CPU_ROW_MULTIPLE if self.device.type == "cpu" else 1
+        self.computed_rows = 0
         onednn = _onednn_linears() if self.device.type == "cpu" and self.word.dtype == torch.float32 else None
         if onednn is not None:
             self.linear, self.linear_gelu = onednn
@@ -178,7 +180,11 @@ class PackedForward:
         )
 
     def __call__(self, batch: Sequence[Sequence[int]]) -> torch.Tensor:
-        """fp32 logits ``[len(batch)]`` of the id sequences in ``batch`` (any order, any lengths)."""
+        """fp32 logits ``[len(batch)]`` of the id sequences in ``batch`` (any order, any lengths).
+
+        Afterwards ``computed_rows`` holds the rows the linear layers ran on: real tokens plus spare rows.
+        """
+        self.computed_rows = 0
         if self.chunk_tokens is None or sum(len(x) for x in batch) <= self.chunk_tokens:
             return self._run(batch)
         return torch.cat([self._run([batch[i] for i in part]) for part in self._chunks(batch)])
@@ -204,6 +210,7 @@ class PackedForward:
         ids = torch.tensor(list(itertools.chain.from_iterable(batch)), dtype=torch.long)
         positions = self._positions(ids, lengths, bounds)
         spare = -bounds[-1] % self.row_multiple
+        self.computed_rows += bounds[-1] + spare
         if spare:  # rows that belong to no pair: row-wise layers carry them, attention skips them
             ids, positions = (F.pad(t, (0, spare), value=self.pad_id) for t in (ids, positions))
         starts = torch.tensor(bounds[:-1], dtype=torch.long)
@@ -265,7 +272,9 @@ class PackedForward:
 
 
 class _Attention:
-    """Self-attention of each pair over its own tokens, on a packed ``[tokens, 3 * hidden]`` input.
+    """Self-attention of each pair over its own tokens, on a packed ``[rows, 3 * hidden]`` input.
+
+    Rows past the last pair (spare rows) are skipped, and come out as zeros.
 
     Three ways, same result: ``"varlen"``, one fused variable-length flash-attention call (CUDA, half
     precision, torch >= 2.9); ``"padded"``, the pairs gathered into a padded ``[pairs, longest]``
