@@ -58,12 +58,14 @@ class BatchScheduler:
         """Store the replicas; worker threads start on the first request."""
         if not replicas:
             raise ValueError("BatchScheduler needs at least one replica")
-        if isinstance(max_pairs, int):
+        if isinstance(max_pairs, int) and not isinstance(max_pairs, bool):
             if max_pairs < 1:
                 raise ValueError(f"max_pairs must be positive, got {max_pairs}")
             caps: list[Callable[[], int]] = [lambda: max_pairs] * len(replicas)
-        else:
+        elif isinstance(max_pairs, Sequence) and all(callable(cap) for cap in max_pairs):
             caps = list(max_pairs)
+        else:
+            raise TypeError(f"max_pairs must be an int or one function per replica, got {max_pairs!r}")
         if len(caps) != len(replicas):
             raise ValueError(f"max_pairs has {len(caps)} entries for {len(replicas)} replicas")
         self._replicas = list(zip(replicas, caps, strict=True))
@@ -95,6 +97,10 @@ class BatchScheduler:
 
     def _serve(self, score: ScoreFn, max_pairs: Callable[[], int]) -> None:
         while True:
+            with self._ready:
+                while not self._queue:
+                    self._ready.wait()
+            # read outside the lock (a backend may resolve its device, importing torch, the first time)
             try:
                 cap = max(1, max_pairs())
             except Exception:  # the worker must outlive a broken hint, or every caller would hang
@@ -107,7 +113,7 @@ class BatchScheduler:
     def _take(self, max_pairs: int) -> list[_Request]:
         """Wait for work, then take waiting requests until ``max_pairs``; drop cancelled ones."""
         with self._ready:
-            while not self._queue:
+            while not self._queue:  # another replica may have taken what was waiting
                 self._ready.wait()
             if self._max_wait > 0:
                 deadline = time.monotonic() + self._max_wait

@@ -114,11 +114,26 @@ def test_a_replica_with_a_cap_of_one_pair_takes_one_request_at_a_time() -> None:
     assert model.batches[1:] == reqs  # one request per pass, in arrival order
 
 
+def test_the_cap_is_read_again_for_every_batch() -> None:
+    model = SlowFakeModel(delay=0.05)
+    caps = iter([1, 1, 10**6])
+    scheduler = BatchScheduler([model], max_pairs=[lambda: next(caps, 10**6)])
+    blocker = scheduler.submit([("warm", "up")])
+    model.started.wait(5)
+    reqs = [[("q", f"request {i}")] for i in range(5)]
+    futures = [scheduler.submit(r) for r in reqs]  # all queued while the first pass runs
+    assert [f.result(timeout=30) for f in futures] == [expected(r) for r in reqs]
+    blocker.result(timeout=30)
+    assert model.batches[1:] == [reqs[0], [p for r in reqs[1:] for p in r]]  # cap 1, then unbounded
+
+
 def test_max_pairs_must_fit_the_replicas() -> None:
     with pytest.raises(ValueError, match="1 entries for 2 replicas"):
         BatchScheduler([SlowFakeModel(), SlowFakeModel()], max_pairs=[lambda: 8])
     with pytest.raises(ValueError, match="positive"):
         BatchScheduler([SlowFakeModel()], max_pairs=0)
+    with pytest.raises(TypeError, match="one function per replica"):
+        BatchScheduler([SlowFakeModel()], max_pairs=[8])  # type: ignore[list-item]
 
 
 def test_several_replicas_share_one_queue() -> None:
