@@ -257,7 +257,11 @@ class RemoteBackend:
 
     @property
     def pass_tokens(self) -> int:
-        """A batch budget per allowed connection: a shared batch fills every one of them at once."""
+        """A batch budget per allowed connection, so large requests keep every connection busy.
+
+        Small requests for many different queries become many small HTTP requests; those share the
+        connections in turns, and the callers of one shared batch are answered together.
+        """
         return self.config.max_batch_tokens * self.config.max_concurrent_requests
 
     def load(self) -> None:
