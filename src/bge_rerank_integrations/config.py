@@ -82,7 +82,7 @@ class RerankerConfig:
     request_timeout: float = 60.0
     """Seconds before a remote request is abandoned (and retried)."""
     max_concurrent_requests: int = 4
-    """Remote requests in flight at once for one call."""
+    """Remote requests in flight at once, across all calls to one ``Reranker``."""
     max_texts_per_request: int | None = None
     """Passages per remote request; ``None`` uses the engine's default limit (TEI: 32)."""
     verify_tls: bool = True

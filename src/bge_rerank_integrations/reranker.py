@@ -127,16 +127,19 @@ class Reranker:
             from bge_rerank_integrations.backends.local import LocalBackend
 
             self._backends = [LocalBackend(config, device) for device in config.devices]
+            workers = self._backends
         else:
             from bge_rerank_integrations.backends.remote import RemoteBackend
 
             self._backends = [RemoteBackend(config)]
+            # several calls in flight side by side; the backend bounds the HTTP requests among them
+            workers = self._backends * config.max_concurrent_requests
         # Every call goes through one queue, so concurrent callers share forward passes; with several
         # devices each replica's worker takes the next batch when it is free.
         self._scheduler = BatchScheduler(
-            [functools.partial(self._score_logits, backend) for backend in self._backends],
+            [functools.partial(self._score_logits, backend) for backend in workers],
             max_wait=config.batch_wait_ms / 1000,
-            max_pairs=[functools.partial(_pass_pairs, backend) for backend in self._backends],
+            max_pairs=[functools.partial(_pass_pairs, backend) for backend in workers],
         )
 
     @property

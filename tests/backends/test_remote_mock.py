@@ -555,3 +555,47 @@ def test_concurrent_callers_keep_several_requests_in_flight(with_transport: Any)
     assert results == [[true_logit(q, p) for p in passages] for q in queries]
     assert len(fake.requests) == 8
     assert fake.max_in_flight == 4  # every allowed connection busy
+
+
+class SlowQueryEngine(FakeEngine):
+    """A fake engine that takes ``slow_seconds`` to answer one particular query."""
+
+    def __init__(self, engine: BackendName, slow_query: str, slow_seconds: float) -> None:
+        super().__init__(engine)
+        self.slow_query = slow_query
+        self.slow_seconds = slow_seconds
+
+    def __call__(self, request: httpx.Request) -> httpx.Response:
+        if json.loads(request.content)["query"] == self.slow_query:
+            time.sleep(self.slow_seconds)
+        return super().__call__(request)
+
+
+def test_a_slow_request_does_not_hold_up_the_callers_behind_it(with_transport: Any) -> None:
+    with_transport(SlowQueryEngine("infinity", "slow question", slow_seconds=1.5))
+    reranker = Reranker(backend="infinity", base_url=BASE_URL, max_concurrent_requests=4)
+    with ThreadPoolExecutor(max_workers=4) as pool:
+        slow = pool.submit(reranker.score, "slow question", TEXTS[:3])
+        time.sleep(0.1)  # the slow request is in flight
+        started = time.perf_counter()
+        fast = [pool.submit(reranker.score, f"fast question {i}", TEXTS[:3]) for i in range(3)]
+        assert [f.result(timeout=10) for f in fast] == [
+            [true_logit(f"fast question {i}", t) for t in TEXTS[:3]] for i in range(3)
+        ]
+        fast_seconds = time.perf_counter() - started
+        assert slow.result(timeout=10) == [true_logit("slow question", t) for t in TEXTS[:3]]
+    assert fast_seconds < 1.0  # answered beside the slow one, not after it
+
+
+def test_requests_in_flight_stay_bounded_across_concurrent_calls(with_transport: Any) -> None:
+    fake = FakeEngine("infinity", delay=0.05)
+    with_transport(fake)
+    reranker = Reranker(
+        backend="infinity", base_url=BASE_URL, max_concurrent_requests=3, max_texts_per_request=5
+    )
+    passages = [f"passage {i} about pandas" for i in range(20)]  # 4 HTTP requests a call
+    with ThreadPoolExecutor(max_workers=8) as pool:
+        results = list(pool.map(lambda n: reranker.score(f"question {n}", passages), range(8)))
+    assert results == [[true_logit(f"question {n}", p) for p in passages] for n in range(8)]
+    assert len(fake.requests) == 32
+    assert fake.max_in_flight == 3

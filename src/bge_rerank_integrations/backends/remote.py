@@ -2,10 +2,10 @@
 
 Each engine's dialect is one small class that builds the request body and reads the reply; the
 :class:`RemoteBackend` does the rest, the same for every engine: it groups pairs by query, splits each
-group into requests of at most ``max_texts_per_request`` passages, sends up to
-``max_concurrent_requests`` of them at once, retries 429, 5xx, timeouts and connection errors with
-exponential backoff (honouring ``Retry-After``), maps each result back by its ``index`` and returns
-raw logits, the scale the local backend gives.
+group into requests of at most ``max_texts_per_request`` passages, keeps at most
+``max_concurrent_requests`` of them in flight (across every call at once), retries 429, 5xx,
+timeouts and connection errors with exponential backoff (honouring ``Retry-After``), maps each
+result back by its ``index`` and returns raw logits, the scale the local backend gives.
 
 Raw logits: TEI and Infinity are asked for raw scores (``raw_scores: true``). vLLM and Cohere only
 return probabilities; they are turned back into logits with ``log(p / (1 - p))``, so the ``Reranker``'s
@@ -245,6 +245,8 @@ class RemoteBackend:
         self._retry = _retry or _RetryPolicy()
         self._client: httpx.Client | None = None
         self._lock = threading.Lock()
+        # One bound for every call at once: the queue runs several calls side by side (see pass_tokens).
+        self._slots = threading.BoundedSemaphore(config.max_concurrent_requests)
 
     def __repr__(self) -> str:
         engine, url = self._dialect.engine, self._shown_url
@@ -257,12 +259,12 @@ class RemoteBackend:
 
     @property
     def pass_tokens(self) -> int:
-        """A batch budget per allowed connection, so large requests keep every connection busy.
+        """1: every caller's request goes alone, on its own worker (the ``Reranker`` runs several).
 
-        Small requests for many different queries become many small HTTP requests; those share the
-        connections in turns, and the callers of one shared batch are answered together.
+        The engine batches across connections itself, and pairs of different queries become separate
+        HTTP requests anyway, so grouping callers would only make each wait for the others' replies.
         """
-        return self.config.max_batch_tokens * self.config.max_concurrent_requests
+        return 1
 
     def load(self) -> None:
         """Make the HTTP client once, reading the API key from ``api_key_env``; thread-safe.
@@ -301,7 +303,7 @@ class RemoteBackend:
             timeout=httpx.Timeout(cfg.request_timeout),
             verify=cfg.verify_tls,
             transport=self._transport,
-            # Concurrency is bounded per call by the worker threads; the pool only keeps connections.
+            # Requests in flight are bounded by self._slots; the pool only keeps connections.
             limits=httpx.Limits(max_connections=None, max_keepalive_connections=cfg.max_concurrent_requests),
         )
 
@@ -375,7 +377,10 @@ class RemoteBackend:
             if attempt > 1 and not self._retry.pause(delay, failed):
                 raise self._error("abandoned: another request of the same call failed")
             try:
-                response = client.post(self._url, json=body)
+                with self._slots:
+                    if failed is not None and failed.is_set():
+                        raise self._error("abandoned: another request of the same call failed")
+                    response = client.post(self._url, json=body)
             except (httpx.TimeoutException, httpx.NetworkError, httpx.RemoteProtocolError) as exc:
                 if attempt == attempts:
                     raise self._transport_error(exc, attempts) from exc

@@ -141,7 +141,7 @@ class BGERanker:
             the first of its variables that is set when it connects, so the key itself is never
             stored, shown or saved. A ``Secret.from_token`` is refused. ``None``: no key is sent.
         :param request_timeout: Seconds before a remote request is abandoned and retried (core default 60).
-        :param max_concurrent_requests: Remote requests in flight at once per call (core default 4).
+        :param max_concurrent_requests: Remote requests in flight at once, across all calls (core default 4).
         :param max_texts_per_request: Passages per remote request (core default: the engine's limit).
         :param verify_tls: Verify the serving engine's TLS certificate (core default ``True``).
         :param reranker: A ready core :class:`~bge_rerank_integrations.Reranker` to use instead of
