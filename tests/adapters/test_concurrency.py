@@ -13,7 +13,6 @@ import copy
 from collections import Counter
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 import pytest
@@ -108,12 +107,6 @@ def check_call(call: Call, got: list[tuple[str, float, dict[str, Any], str]], wa
         if doc_id != want_id:  # only a near tie may swap places
             gap = abs(call.scores[doc_id] - call.scores[want_id])
             assert gap < NEAR_TIE, (call.number, position, doc_id, want_id)
-
-
-@pytest.fixture(scope="module")
-def model(model_dir: Path) -> str:
-    """The tiny test model's folder."""
-    return str(model_dir)
 
 
 @pytest.fixture(scope="module")

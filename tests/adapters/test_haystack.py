@@ -36,12 +36,6 @@ TEXTS = [
 ]
 
 
-@pytest.fixture(scope="module")
-def core(model_dir: Path) -> Reranker:
-    """An unshared core reranker on the test model: the source of expected scores."""
-    return Reranker(model_dir)
-
-
 @pytest.fixture
 def docs() -> list[Document]:
     """Documents with distinct ids, meta (falsy values included) and incoming retriever scores."""

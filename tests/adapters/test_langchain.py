@@ -25,32 +25,11 @@ from bge_rerank_integrations import Reranker
 from bge_rerank_integrations.langchain import BGECrossEncoder, BGERerankCompressor
 from bge_rerank_integrations.reranker import sigmoid
 
+from .corpus import QUERY, TEXTS
+
 ROOT = Path(__file__).resolve().parents[2]
-QUERY = "What do giant pandas eat?"
-TEXTS = [
-    "The giant panda is a bear native to south central China.",
-    "Pandas is a Python library for data analysis.",
-    "Red pandas are small mammals of the eastern Himalayas.",
-    "Bamboo makes up almost all of a giant panda's diet.",
-    "The Eiffel Tower is in Paris.",
-    "Le panda géant vit dans les forêts de bambous du Sichuan.",
-    "大熊猫主要以竹子为食。",
-    "Kale, bamboo shoots and apples: what zoo pandas are fed.",
-]
 IDS = [f"doc-{i}" for i in range(len(TEXTS))]
 METADATAS = [{"source": f"file-{i}.txt", "title": f"Title {i}", "rank_in_file": 0} for i in range(len(TEXTS))]
-
-
-@pytest.fixture(scope="module")
-def model(model_dir: Path) -> str:
-    """The tiny test model's folder, as the string users pass."""
-    return str(model_dir)
-
-
-@pytest.fixture(scope="module")
-def core(model: str) -> Reranker:
-    """An unshared core reranker on the test model: the source of expected scores."""
-    return Reranker(model)
 
 
 def base_retriever(k: int = len(TEXTS)) -> BaseRetriever:

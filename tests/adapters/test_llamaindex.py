@@ -30,34 +30,13 @@ from pydantic import Field, ValidationError
 from bge_rerank_integrations import ModelLoadError, Reranker
 from bge_rerank_integrations.llamaindex import BGERerank
 
+from .corpus import QUERY, TEXTS
+
 ROOT = Path(__file__).resolve().parents[2]
-QUERY = "What do giant pandas eat?"
-TEXTS = [
-    "The giant panda is a bear native to south central China.",
-    "Pandas is a Python library for data analysis.",
-    "Red pandas are small mammals of the eastern Himalayas.",
-    "Bamboo makes up almost all of a giant panda's diet.",
-    "The Eiffel Tower is in Paris.",
-    "Le panda géant vit dans les forêts de bambous du Sichuan.",
-    "大熊猫主要以竹子为食。",
-    "Kale, bamboo shoots and apples: what zoo pandas are fed.",
-]
 IDS = [f"node-{i}" for i in range(len(TEXTS))]
 
 
 # ---------------------------------------------------------------- helpers and fixtures
-
-
-@pytest.fixture(scope="module")
-def model(model_dir: Path) -> str:
-    """The tiny test model's folder, as the string users pass."""
-    return str(model_dir)
-
-
-@pytest.fixture(scope="module")
-def core(model: str) -> Reranker:
-    """An unshared core reranker on the test model: the source of expected scores."""
-    return Reranker(model)
 
 
 @pytest.fixture
