@@ -205,6 +205,15 @@ class PackedForward:
         return parts
 
     def _run(self, batch: Sequence[Sequence[int]]) -> torch.Tensor:
+        h, attend, starts = self._embed(batch)
+        for layer in self.layers:
+            h = self._layer(h, layer, attend)
+        first = h[starts]  # the <s> token of every pair
+        logits = F.linear(torch.tanh(F.linear(first, *self.dense)), *self.out_proj)
+        return logits[:, 0].float()
+
+    def _embed(self, batch: Sequence[Sequence[int]]) -> tuple[torch.Tensor, _Attention, torch.Tensor]:
+        """The embedded rows (spare rows included), the pairs' attention, and each pair's first row."""
         lengths = [len(x) for x in batch]
         bounds = list(itertools.accumulate(lengths, initial=0))
         ids = torch.tensor(list(itertools.chain.from_iterable(batch)), dtype=torch.long)
@@ -226,18 +235,16 @@ class PackedForward:
         h += self.position[positions]
         h += self.token_type0
         h = F.layer_norm(h, (self.hidden,), *self.ln0)
-        attend = _Attention(bounds, self.heads, self.device, self.attention)
-        linear = self.linear
-        for layer in self.layers:
-            a = linear(attend(linear(h, *layer.qkv)), *layer.out)
-            a += h
-            h = F.layer_norm(a, (self.hidden,), *layer.ln1)
-            down = linear(self.linear_gelu(h, *layer.up), *layer.down)  # the exact (erf) GELU
-            down += h
-            h = F.layer_norm(down, (self.hidden,), *layer.ln2)
-        first = h[starts]  # the <s> token of every pair
-        logits = F.linear(torch.tanh(F.linear(first, *self.dense)), *self.out_proj)
-        return logits[:, 0].float()
+        return h, _Attention(bounds, self.heads, self.device, self.attention), starts
+
+    def _layer(self, h: torch.Tensor, layer: _Layer, attend: _Attention) -> torch.Tensor:
+        """One encoder layer over the packed rows."""
+        a = self.linear(attend(self.linear(h, *layer.qkv)), *layer.out)
+        a += h
+        h = F.layer_norm(a, (self.hidden,), *layer.ln1)
+        down = self.linear(self.linear_gelu(h, *layer.up), *layer.down)  # the exact (erf) GELU
+        down += h
+        return F.layer_norm(down, (self.hidden,), *layer.ln2)
 
     def _positions(self, ids: torch.Tensor, lengths: list[int], bounds: list[int]) -> torch.Tensor:
         """RoBERTa position ids: pad_id + 1 + index within the pair, counting non-pad tokens only.
