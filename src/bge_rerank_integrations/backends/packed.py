@@ -54,12 +54,12 @@ def packed_support(model: Any) -> str | None:
     return None
 
 
-Linear = Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]
+_Linear = Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]  # (input, weight, bias)
 
 _CPU_ROW_MULTIPLE = 64
 
 
-def _gelu_after(linear: Linear) -> Linear:
+def _gelu_after(linear: _Linear) -> _Linear:
     def linear_gelu(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor) -> torch.Tensor:
         out = linear(x, weight, bias)
         torch.ops.aten.gelu_(out)  # the exact (erf) GELU, in place
@@ -68,7 +68,7 @@ def _gelu_after(linear: Linear) -> Linear:
     return linear_gelu
 
 
-def _onednn_linears() -> tuple[Linear, Linear] | None:
+def _onednn_linears() -> tuple[_Linear, _Linear] | None:
     """oneDNN's fp32 linear layer, and the same with GELU fused, if they run here and agree with torch's.
 
     torch's CPU ``addmm`` calls MKL's sgemm, which on the AMD EPYC this project measures on reaches
@@ -162,7 +162,7 @@ class PackedForward:
         self.attention = "per-pair" if self.device.type == "cpu" else "padded"
         if self._varlen_works():
             self.attention = "varlen"
-        self.linear: Linear = F.linear
+        self.linear: _Linear = F.linear
         self.linear_gelu = _gelu_after(F.linear)
         # On CPU the linear layers run on oneDNN (fp32 by our choice, bf16/fp16 inside torch), which
         # builds and caches a kernel per matrix shape (memory grows with every new token count):
