@@ -1,8 +1,11 @@
 """Where the core's CPU forward pass spends its time, kernel by kernel.
 
     python -m benchmarks.kernels linear      # MKL (torch's addmm) vs oneDNN on the layer shapes
-    python -m benchmarks.kernels attention   # per-pair flash attention vs bmm + softmax, 2k-token chunks
+    python -m benchmarks.kernels attention   # per-pair flash attention vs bmm + softmax, 2k-token chunks,
+                                             # and flash attention's rate by sequence length
     python -m benchmarks.kernels profile     # torch profiler over one interactive request
+    python -m benchmarks.kernels flow        # each linear shape inside that request vs alone, and the
+                                             # FLOP rate the request would reach at the kernels' own rates
 
 Figures quoted from these commands are in ``benchmarks/RESULTS.md``.
 """
@@ -86,13 +89,18 @@ def attention(heads: int = 6, dim: int = 64, chunks: int = 10) -> None:
         for name, fn, inputs in [("flash (per pair)", flash, data), ("bmm + softmax", bmm, scaled)]:
             seconds = _best_seconds(lambda: [fn(*x) for x in inputs], repeats=3)  # noqa: B023
             print(f"{name}: {seconds * 1e3:.1f} ms, {flops / seconds / 1e9:.0f} GFLOP/s")
+        print("flash attention by sequence length, GFLOP/s for 1 and for 4 sequences of that length a call:")
+        for length in (64, 128, 192, 256, 384, 512, 1024, 2048):
+            rates = []
+            for pairs in (1, 4):
+                q, k, v = (torch.randn(pairs, heads, length, dim) for _ in range(3))
+                seconds = _best_seconds(lambda: F.scaled_dot_product_attention(q, k, v))  # noqa: B023
+                rates.append(f"{4 * pairs * heads * length**2 * dim / seconds / 1e9:.0f}")
+            print(f"  {length} tokens: {' / '.join(rates)}")
 
 
-def profile(model: str = ".models/bench/small") -> None:
-    """The torch profiler's op table for the padding-free forward of one interactive request."""
-    from torch.profiler import ProfilerActivity
-    from torch.profiler import profile as torch_profile
-
+def _interactive_request(model: str) -> tuple[Callable[[], None], list[list[int]], dict[str, int]]:
+    """The padding-free forward of the first interactive request as a call, its ids, the model's shape."""
     from benchmarks.run import build_subject
     from benchmarks.workloads import make_workloads
     from bge_rerank_integrations import Reranker
@@ -104,24 +112,89 @@ def profile(model: str = ".models/bench/small") -> None:
     ids = backend._encoder.encode([(request.query, p) for p in request.passages])  # type: ignore[attr-defined]
     packed = backend._packed  # type: ignore[attr-defined]
     batches = [[ids[i] for i in b] for b in plan_packed_batches([len(x) for x in ids], 16384)]
+    cfg = backend._model.config  # type: ignore[attr-defined]
+    shape = {k: int(getattr(cfg, k)) for k in ("hidden_size", "intermediate_size", "num_hidden_layers")}
 
     def run() -> None:
         with torch.inference_mode():
             for batch in batches:
                 packed(batch)
 
+    return run, ids, shape
+
+
+def profile(model: str = ".models/bench/small") -> None:
+    """The torch profiler's op table for the padding-free forward of one interactive request."""
+    from torch.profiler import ProfilerActivity
+    from torch.profiler import profile as torch_profile
+
+    run, ids, _ = _interactive_request(model)
     print(f"{sum(map(len, ids))} tokens; forward {_best_seconds(run, repeats=3):.2f} s (best of 3)")
     with torch_profile(activities=[ProfilerActivity.CPU]) as prof:
         run()
     print(prof.key_averages().table(sort_by="self_cpu_time_total", row_limit=12))
 
 
+def flow(model: str = ".models/bench/small") -> None:
+    """Each oneDNN linear shape of one interactive request, timed inside the forward pass and alone.
+
+    The gap between the two is what the forward loses to its neighbours (activations that left the
+    cache, the fused GELU); the summary adds attention and the rest as measured, and gives the FLOP
+    rate the request would reach if every linear layer ran at its own rate alone.
+    """
+    from torch.profiler import ProfilerActivity
+    from torch.profiler import profile as torch_profile
+
+    from benchmarks.run import forward_flops, matmul_peak
+
+    run, ids, shape = _interactive_request(model)
+    forward = _best_seconds(run, repeats=3)
+    with torch_profile(activities=[ProfilerActivity.CPU], record_shapes=True) as prof:
+        run()
+    op = torch.ops.mkldnn._linear_pointwise
+    print("| rows x in x out | calls | in the forward, ms a call | alone, ms | GFLOP/s in / alone |")
+    print("|---|---:|---:|---:|---:|")
+    inside = alone = attention = 0.0
+    for event in sorted(prof.key_averages(group_by_input_shape=True), key=lambda e: str(e.input_shapes)):
+        if event.key == "aten::scaled_dot_product_attention":
+            attention += event.cpu_time_total / 1e6
+        if event.key != "mkldnn::_linear_pointwise":
+            continue
+        (rows, k), (n, _) = event.input_shapes[0], event.input_shapes[1]
+        gelu = n == shape["intermediate_size"]  # the up-projection, GELU fused as in the forward
+        x, w, b = torch.randn(rows, k), torch.randn(n, k) * 0.05, torch.randn(n)
+        args: tuple[object, ...] = (x, w, b, *(("gelu", [], "none") if gelu else ("none", [], "")))
+        with torch.inference_mode():
+            seconds = _best_seconds(lambda: op(*args))  # noqa: B023  (called before the loop moves on)
+        per_call = event.cpu_time_total / event.count / 1e6
+        inside += per_call * event.count
+        alone += seconds * event.count
+        flops = 2 * rows * k * n
+        print(
+            f"| {rows} x {k} x {n}{' +GELU' if gelu else ''} | {event.count} | {per_call * 1e3:.2f} "
+            f"| {seconds * 1e3:.2f} | {flops / per_call / 1e9:.0f} / {flops / seconds / 1e9:.0f} |"
+        )
+    flops = forward_flops([len(x) for x in ids], shape)
+    peak = matmul_peak("cpu", torch.float32)
+    rest = forward - inside - attention
+    ceiling = forward - inside + alone
+
+    def rate(seconds: float) -> str:
+        return f"{flops / seconds / 1e9:.0f} GFLOP/s, {flops / seconds / peak:.0%} of the matmul peak"
+
+    print(f"matmul peak {peak / 1e9:.0f} GFLOP/s; {flops / 1e9:.0f} real-token GFLOP")
+    print(f"forward {forward:.2f} s (best of 3): {rate(forward)}")
+    print(f"linear layers {inside:.2f} s in the forward, {alone:.2f} s alone; ", end="")
+    print(f"attention {attention:.2f} s; the rest {rest:.2f} s")
+    print(f"with every linear layer at its rate alone: {ceiling:.2f} s, {rate(ceiling)}")
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Command line entry point."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
-    parser.add_argument("what", choices=["linear", "attention", "profile"])
+    parser.add_argument("what", choices=["linear", "attention", "profile", "flow"])
     args = parser.parse_args(argv)
-    {"linear": linear, "attention": attention, "profile": profile}[args.what]()
+    {"linear": linear, "attention": attention, "profile": profile, "flow": flow}[args.what]()
     return 0
 
 

@@ -27,12 +27,15 @@ def test_benchmark_suite_runs_and_every_contender_agrees(model_dir: Path, tmp_pa
     assert [w["name"] for w in report["workloads"]] == ["interactive", "throughput", "long"]
     for workload in report["workloads"]:
         assert f"## {workload['name']}" in table
+        # the best call's FLOP rate is computed from per-call FLOPs that add up to the workload's
+        assert sum(workload["call_flops"]) == pytest.approx(workload["flops"])
         contenders = workload["contenders"]
         assert list(contenders) == ["ours", "ours-bf16", "flag-default", "flag-best", "cross-encoder"]
         for name, result in contenders.items():
             assert result["agrees"], (workload["name"], name, result["warmup_max_abs_delta"])
             assert result["same_token_ids"] == workload["pairs"], (workload["name"], name)
             assert result["pairs_per_s"] > 0
+            assert result["best_call_flops_per_s"] >= result["flops_per_s"] > 0
             assert result["computed_tokens"] >= workload["real_tokens"] > 0
             if result["dtype"] == "float32":
                 assert result["max_abs_delta_vs_ours"] < 1e-4, (workload["name"], name)
@@ -65,3 +68,4 @@ def test_kernel_benchmarks_run_and_both_attentions_agree(capsys: pytest.CaptureF
     assert "square 2048 matmul" in out
     delta = float(out.split("max |delta| between the two: ")[1].split()[0])
     assert delta < 1e-4
+    assert "2048 tokens: " in out  # flash attention's rate by sequence length
