@@ -11,6 +11,7 @@ batch in two and retries instead of failing the call.
 
 from __future__ import annotations
 
+import itertools
 import logging
 import math
 import threading
@@ -175,6 +176,8 @@ class LocalBackend:
 
     def score_pairs(self, pairs: Sequence[tuple[str, str]]) -> list[float]:
         """Raw logits of ``pairs`` in input order; each batch runs exactly once."""
+        import torch
+
         if not pairs:
             return []
         self.load()
@@ -192,9 +195,12 @@ class LocalBackend:
             plan = plan_packed_batches(lengths, cfg.max_batch_tokens)
         else:
             plan = plan_batches(lengths, cfg.max_batch_tokens, multiple=self._multiple)
-        for batch in plan:
-            for i, score in zip(batch, self._run_splitting([ids[i] for i in batch]), strict=True):
-                scores[i] = score
+        # Logits stay on the device until every batch is queued: on a GPU the host prepares the next
+        # batch while the device still runs the last one, and the call waits for the device once.
+        logits = [self._run_splitting([ids[i] for i in batch]) for batch in plan]
+        values: list[float] = torch.cat(logits).cpu().tolist()
+        for i, score in zip(itertools.chain.from_iterable(plan), values, strict=True):
+            scores[i] = score
         if owners is None:
             return scores
         best = [-math.inf] * len(pairs)  # a passage scores as its most relevant window
@@ -202,7 +208,7 @@ class LocalBackend:
             best[owner] = max(best[owner], score)
         return best
 
-    def _run_splitting(self, batch: list[list[int]]) -> list[float]:
+    def _run_splitting(self, batch: list[list[int]]) -> torch.Tensor:
         """Forward ``batch``; on out-of-memory, halve it and retry each half."""
         import torch
 
@@ -215,19 +221,19 @@ class LocalBackend:
             if self._device is not None and self._device.type == "cuda":
                 torch.cuda.empty_cache()
             half = len(batch) // 2
-            return self._run_splitting(batch[:half]) + self._run_splitting(batch[half:])
+            return torch.cat([self._run_splitting(batch[:half]), self._run_splitting(batch[half:])])
 
-    def _forward(self, batch: list[list[int]]) -> list[float]:
+    def _forward(self, batch: list[list[int]]) -> torch.Tensor:
         """One forward pass, padding-free where the model allows, else over right-padded ids.
 
-        Returns fp32 logits as floats.
+        Returns the fp32 logits ``[len(batch)]``, still on the device.
         """
         import torch
 
         real = sum(len(x) for x in batch)
         if self._packed is not None:
             with self._device_lock, torch.inference_mode():
-                packed: list[float] = self._packed(batch).cpu().tolist()
+                packed = self._packed(batch)
                 computed = self._packed.computed_rows
             self._count(len(batch), real, computed)
             return packed
@@ -244,10 +250,9 @@ class LocalBackend:
         elif device.type != "cpu":
             input_ids, attention_mask = input_ids.to(device), attention_mask.to(device)
         with self._device_lock, torch.inference_mode():
-            logits = self._model(input_ids=input_ids, attention_mask=attention_mask).logits
-            values: list[float] = logits[:, 0].float().cpu().tolist()
+            logits = self._model(input_ids=input_ids, attention_mask=attention_mask).logits[:, 0].float()
         self._count(len(batch), real, width * len(batch))
-        return values
+        return logits  # type: ignore[no-any-return]
 
     def _count(self, pairs: int, real: int, computed: int) -> None:
         stats = self.stats
