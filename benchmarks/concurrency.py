@@ -24,7 +24,6 @@ from pathlib import Path
 from typing import Any
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
-os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 from benchmarks.run import build_subject, machine_info
 from benchmarks.workloads import Query, make_requests

@@ -54,7 +54,7 @@ fi
 echo "== python: $py ($("$py" --version 2>&1)); installing what is missing into $work/site" | tee "$out/env.txt"
 "$py" benchmarks/install_wheels.py benchmarks/wheels "$work/site" | tee -a "$out/env.txt"
 export PYTHONPATH="$work/site:$PWD/src:$PWD${PYTHONPATH:+:$PYTHONPATH}"
-export HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 HF_HUB_DISABLE_TELEMETRY=1 TOKENIZERS_PARALLELISM=false TQDM_DISABLE=1
+export HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 HF_HUB_DISABLE_TELEMETRY=1 TQDM_DISABLE=1
 "$py" -c "import torch, transformers; print('torch', torch.__version__, 'cuda', torch.version.cuda, 'transformers', transformers.__version__)" | tee -a "$out/env.txt"
 if command -v nvidia-smi >/dev/null 2>&1; then nvidia-smi >>"$out/env.txt" 2>&1 || true; fi
 
