@@ -44,6 +44,15 @@ def test_benchmark_suite_runs_and_every_contender_agrees(model_dir: Path, tmp_pa
         assert contenders["flag-default"]["padding"] > 1.0  # the reference pads and repeats its first batch
 
 
+def test_agreement_bound_is_set_by_the_less_precise_contender() -> None:
+    # on a GPU ours runs fp16 and FlagReranker's defaults fp32: fp32's 1e-4 would fail every such pair
+    from benchmarks.run import TOLERANCE, agreement_bound
+
+    assert agreement_bound("float16", "float32") == TOLERANCE["float16"]
+    assert agreement_bound("float32", "float16") == TOLERANCE["float16"]
+    assert agreement_bound("float32", "float32") == TOLERANCE["float32"]
+
+
 @pytest.mark.slow
 def test_concurrency_benchmark_runs_and_both_modes_agree(tmp_path: Path) -> None:
     from benchmarks.concurrency import main
