@@ -5,8 +5,8 @@ Pairs (made distinct by the ``Reranker``'s queue) are tokenized in one batched c
 and cut into batches under a token budget. XLM-RoBERTa models (bge-reranker-v2-m3) run padding-free
 (``backends.packed``: no pad tokens; on CPU at most 63 spare rows a pass); other models run padded
 batches, where the budget counts padded tokens. Each batch runs once, in fp16 on CUDA and fp32 on
-CPU by default; logits come back as fp32 and in input order. A CUDA out-of-memory error splits the
-batch in two and retries instead of failing the call.
+CPU by default; logits come back as fp32, in input order, copied to the host once a call. A CUDA
+out-of-memory error splits the batch in two and retries instead of failing the call.
 """
 
 from __future__ import annotations
