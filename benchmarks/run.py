@@ -467,7 +467,7 @@ def markdown(report: dict[str, Any]) -> str:
             if c["flops_fraction_of_peak"] is not None:
                 frac = f"{c['flops_fraction_of_peak']:.0%}"
                 if len(c["calls"]) > 1:
-                    frac += f" (best call {c['best_call_fraction_of_peak']:.0%})"
+                    frac += f" (best call {c['best_call_fraction_of_peak']:.1%})"
             gpu = f"{c['gpu_peak_mib']:,.0f}" if m["device"].startswith("cuda") else "-"
             agree = "" if c["agrees"] else " (DISAGREES)"
             lines.append(

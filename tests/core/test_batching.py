@@ -77,7 +77,7 @@ def test_out_of_memory_splits_the_batch_and_retries(model_dir: Path, monkeypatch
     real_forward = backend._forward  # type: ignore[attr-defined]
     seen: list[int] = []
 
-    def forward_with_small_memory(batch: list[list[int]]) -> list[float]:
+    def forward_with_small_memory(batch: list[list[int]]) -> torch.Tensor:
         seen.append(len(batch))
         if len(batch) > 6:
             raise torch.OutOfMemoryError("CUDA out of memory (injected)")
@@ -93,7 +93,7 @@ def test_out_of_memory_splits_the_batch_and_retries(model_dir: Path, monkeypatch
 def test_out_of_memory_on_a_single_pair_is_raised(model_dir: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     reranker = Reranker(model_dir, device="cpu").load()
 
-    def always_out_of_memory(batch: list[list[int]]) -> list[float]:
+    def always_out_of_memory(batch: list[list[int]]) -> torch.Tensor:
         raise torch.OutOfMemoryError("CUDA out of memory (injected)")
 
     monkeypatch.setattr(reranker._backend, "_forward", always_out_of_memory)
@@ -169,16 +169,19 @@ def test_half_precision_padding_free_forward_agrees_with_transformers(
 ) -> None:
     """The half-precision path (fp16 is the GPU default) runs here too, in the CPU and the GPU setup.
 
-    A GPU is not always at hand to test on; this runs the same arithmetic on CPU: the chunked
-    per-pair setup, and the GPU's one-pass padded attention. The bounds are the dtype's own noise:
-    fp16 and bf16 land 0.02-0.03 and 0.2-0.3 from fp32 on these pairs, in both implementations.
+    A GPU is not always at hand to test on; this runs the same arithmetic on CPU: in chunks with
+    per-pair attention, and as on CUDA without variable-length attention (one pass, padded masked
+    attention). The bounds are the dtype's own noise: fp16 and bf16 land 0.02-0.03 and 0.2-0.3 from
+    fp32 on these pairs, in both implementations.
     """
     pairs = workload(60, seed=3)
     packed = Reranker(model_dir, device="cpu", dtype=dtype, max_batch_tokens=2048).load()
     padded = Reranker(model_dir, device="cpu", dtype=dtype, max_batch_tokens=2048).load()
     padded._backend._packed = None  # type: ignore[attr-defined]
     expected = padded.score_pairs(pairs)
-    assert packed.score_pairs(pairs) == pytest.approx(expected, abs=bound)
     forward = packed._backend._packed  # type: ignore[attr-defined]
+    assert forward.word.dtype == getattr(torch, dtype)
+    forward.chunk_tokens = 512  # several chunks a batch (the default, 4k, exceeds these batches)
+    assert packed.score_pairs(pairs) == pytest.approx(expected, abs=bound)
     forward.chunk_tokens, forward.attention, forward.row_multiple = None, "padded", 1  # as on CUDA
     assert packed.score_pairs(pairs) == pytest.approx(expected, abs=bound)

@@ -59,6 +59,14 @@ _Linear = Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]  # 
 _CPU_ROW_MULTIPLE = 64
 
 
+def _to_device(t: torch.Tensor, device: torch.device) -> torch.Tensor:
+    """A host-made tensor on ``device``, copied without making the host wait (pinned on CUDA)."""
+    if device.type == "cpu":
+        return t
+    pin = device.type == "cuda"
+    return (t.pin_memory() if pin else t).to(device, non_blocking=pin)
+
+
 def _gelu_after(linear: _Linear) -> _Linear:
     def linear_gelu(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor) -> torch.Tensor:
         out = linear(x, weight, bias)
@@ -223,12 +231,7 @@ class PackedForward:
         if spare:  # rows that belong to no pair: row-wise layers carry them, attention skips them
             ids, positions = (F.pad(t, (0, spare), value=self.pad_id) for t in (ids, positions))
         starts = torch.tensor(bounds[:-1], dtype=torch.long)
-        if self.device.type != "cpu":
-            pin = self.device.type == "cuda"
-            ids, positions, starts = (
-                (t.pin_memory() if pin else t).to(self.device, non_blocking=pin)
-                for t in (ids, positions, starts)
-            )
+        ids, positions, starts = (_to_device(t, self.device) for t in (ids, positions, starts))
         # in place where a fresh tensor is not needed (fewer allocations; bit-identical results, and
         # within noise of the out-of-place version on CPU: benchmarks/RESULTS.md)
         h = self.word[ids]
@@ -296,8 +299,9 @@ class _Attention:
         self.mode = mode
         lengths = [b - a for a, b in itertools.pairwise(bounds)]
         self.longest = max(lengths)
+        # The forward indexes with integers only: a boolean mask would make the host wait for the device.
         if mode == "varlen":
-            self.cu_seq = torch.tensor(bounds, dtype=torch.int32).to(device, non_blocking=True)
+            self.cu_seq = _to_device(torch.tensor(bounds, dtype=torch.int32), device)
         elif mode == "padded":
             tokens = bounds[-1]
             offsets = torch.arange(self.longest)
@@ -305,9 +309,9 @@ class _Attention:
             valid = offsets[None, :] < torch.tensor(lengths)[:, None]  # [pairs, longest]
             # flat token index of every padded slot; pad slots read row ``tokens`` (zeros)
             index = torch.where(valid, starts[:, None] + offsets[None, :], tokens)
-            self.index = index.to(device, non_blocking=True)
-            self.mask = valid[:, None, None, :].to(device, non_blocking=True)
-            self.valid = valid.reshape(-1).to(device, non_blocking=True)
+            self.index = _to_device(index, device)
+            self.mask = _to_device(valid[:, None, None, :], device)
+            self.valid = _to_device(valid.reshape(-1).nonzero().squeeze(1), device)  # real slots, in order
 
     def __call__(self, qkv: torch.Tensor) -> torch.Tensor:
         """``[rows, hidden]``: each pair's attention output; rows past the last pair are zeros."""
@@ -337,7 +341,7 @@ class _Attention:
             block = F.scaled_dot_product_attention(
                 q, k, v, attn_mask=self.mask
             )  # [pairs, heads, longest, dim]
-            return block.transpose(1, 2).reshape(pairs * self.longest, hidden)[self.valid]
+            return block.transpose(1, 2).reshape(pairs * self.longest, hidden).index_select(0, self.valid)
         raise ValueError(f"unknown attention mode {self.mode!r}")
 
     def _per_pair(self, qkv: torch.Tensor) -> torch.Tensor:
