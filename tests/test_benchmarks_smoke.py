@@ -87,4 +87,15 @@ def test_kernel_benchmarks_run_and_both_attentions_agree(capsys: pytest.CaptureF
     assert "square 2048 matmul" in out
     delta = float(out.split("max |delta| between the two: ")[1].split()[0])
     assert delta < 1e-4
-    assert "2048 tokens: " in out  # flash attention's rate by sequence length
+    assert "8192 tokens: " in out  # flash attention's rate by sequence length
+
+
+@pytest.mark.slow
+def test_kernel_flow_compares_every_linear_shape(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    from benchmarks.kernels import flow
+
+    flow(model=str(tmp_path / "small"))
+    out = capsys.readouterr().out
+    assert "+GELU |" in out  # the up-projections, found by their shape
+    assert "profiled run" in out
+    assert "of the matmul peak" in out
