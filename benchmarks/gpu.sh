@@ -2,6 +2,8 @@
 # The GPU benchmark in one step, for a machine without network and without this repo's venv.
 #
 #   benchmarks/gpu.sh [OUTDIR]              full bge-reranker-v2-m3 shape, all workloads, on cuda
+#   benchmarks/gpu.sh --ablations [OUTDIR]  instead: variants of the core's forward on cuda (about
+#                                           3 minutes; a second call when device time is left)
 #   benchmarks/gpu.sh --cpu-smoke [OUTDIR]  the same script end to end on CPU with the tiny model
 #
 # OUTDIR defaults to $OUT (the device runner's output folder), else bench-out/<mode>. It gets
@@ -15,11 +17,13 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 mode=gpu
+ablations=0
 out=""
 for arg in "$@"; do
   case "$arg" in
     --cpu-smoke) mode=cpu-smoke ;;
-    -h | --help) sed -n '2,13p' "$0"; exit 0 ;;
+    --ablations) ablations=1 ;;
+    -h | --help) sed -n '2,15p' "$0"; exit 0 ;;
     *) out="$arg" ;;
   esac
 done
@@ -57,6 +61,31 @@ export PYTHONPATH="$work/site:$PWD/src:$PWD${PYTHONPATH:+:$PYTHONPATH}"
 export HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 HF_HUB_DISABLE_TELEMETRY=1 TQDM_DISABLE=1
 "$py" -c "import torch, transformers; print('torch', torch.__version__, 'cuda', torch.version.cuda, 'transformers', transformers.__version__)" | tee -a "$out/env.txt"
 if command -v nvidia-smi >/dev/null 2>&1; then nvidia-smi >>"$out/env.txt" 2>&1 || true; fi
+
+if [ "$ablations" = 1 ]; then
+  # The choices the CUDA path made without a GPU to measure on, against the references, on one
+  # request at a time (latency) and on the throughput call (where a per-batch wait would show).
+  variants=packed-none,packed-none-sync,packed-none-padattn,packed-none-b65536,padded,flag-bs128,ce
+  if [ "$mode" = gpu ]; then
+    common=(--subject full --device cuda)
+    runs=("--workload interactive --requests 10" "--workload throughput --requests 3")
+  else
+    common=(--subject tiny --device cpu --scale smoke)
+    runs=("--workload interactive --requests 2" "--workload throughput --requests 1")
+  fi
+  status=0
+  : >"$out/ablations.md"
+  for run in "${runs[@]}"; do
+    # shellcheck disable=SC2086  # $run is a list of options
+    timeout 240 "$py" -m benchmarks.ablations "${common[@]}" $run --variants "$variants" \
+      --models "$work/models" >>"$out/ablations.md" 2>>"$out/ablations.log" || status=$?
+    echo >>"$out/ablations.md"
+  done
+  echo "== ablations exit status $status; output in $out" | tee -a "$out/env.txt"
+  tail -n 5 "$out/ablations.log" >&2
+  cat "$out/ablations.md"
+  exit "$status"
+fi
 
 if [ "$mode" = gpu ]; then
   args=(--subject full --scale gpu --device cuda --peak-seconds 1)

@@ -99,3 +99,19 @@ def test_kernel_flow_compares_every_linear_shape(tmp_path: Path, capsys: pytest.
     assert "+GELU |" in out  # the up-projections, found by their shape
     assert "profiled run" in out
     assert "of the matmul peak" in out
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("workload", ["interactive", "throughput"])
+def test_ablations_run_and_every_variant_agrees(
+    workload: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from benchmarks.ablations import main
+
+    variants = "packed-none,packed-none-sync,packed-none-padattn,packed-none-b512,padded,flag-bs4,ce"
+    args = ["--subject", "tiny", "--scale", "smoke", "--requests", "1", "--workload", workload]
+    assert main([*args, "--models", str(tmp_path), "--variants", variants]) == 0
+    rows = [line.split("|") for line in capsys.readouterr().out.splitlines() if line.startswith("| ")]
+    deltas = {cells[1].strip(): cells[6].strip() for cells in rows[1:]}  # after the header row
+    assert list(deltas) == variants.split(",")
+    assert all(float(d) < 1e-4 for d in deltas.values()), deltas
