@@ -31,6 +31,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import re
 import statistics
 import sys
 import time
@@ -91,8 +92,11 @@ def _fp32_attention(attention: Any) -> Callable[[Any, torch.Tensor], torch.Tenso
     return call
 
 
-def make_variant(name: str, model: str, device: str = "cpu") -> Scorer:
-    """A scorer for variant ``name`` (see the module docstring) on ``device``."""
+_OPTIONS = {"padattn", "sync", "copies", "compile", "torchlinear", "gelu", "rows1", "fp32attn"}
+
+
+def make_variant(name: str, model: str, device: str = "cpu") -> tuple[Scorer, str]:
+    """A scorer for variant ``name`` (see the module docstring) on ``device``, and what it runs."""
     from benchmarks.contenders import Contender, ContenderSpec
     from bge_rerank_integrations import Reranker
     from bge_rerank_integrations.backends import packed as packed_module
@@ -100,17 +104,26 @@ def make_variant(name: str, model: str, device: str = "cpu") -> Scorer:
     cuda = device.startswith("cuda")
     if name == "ce":
         spec = ContenderSpec(name, "cross-encoder", "", {"fp16": cuda, "batch_size": 32})
-        return Contender(spec, model, device, 512).score
-    if name.startswith("flag-bs"):
+        return Contender(spec, model, device, 512).score, "reference" + (", float16" if cuda else "")
+    if re.fullmatch(r"flag-bs\d+", name, re.ASCII):
         spec = ContenderSpec(name, "flag", "", {"use_fp16": cuda, "batch_size": int(name[7:])})
-        return Contender(spec, model, device, 512).score
-    kind, chunk, *options = [*name.split("-"), "none"] if name == "padded" else name.split("-")
-    budget = next((int(o[1:]) for o in options if o[:1] == "b" and o[1:].isdigit()), 16384)
+        return Contender(spec, model, device, 512).score, "reference" + (", float16" if cuda else "")
+    kind, *rest = name.split("-")
+    chunk, options = ("none", rest) if kind == "padded" else (rest[0] if rest else "", rest[1:])
+    budgets = [int(o[1:]) for o in options if re.fullmatch(r"b\d+", o, re.ASCII)]
+    unknown = [o for o in options if o not in _OPTIONS and not re.fullmatch(r"b\d+", o, re.ASCII)]
+    if kind not in ("packed", "bf16", "padded") or unknown or not re.fullmatch(r"none|\d+", chunk, re.ASCII):
+        raise SystemExit(f"unknown variant {name!r} (see the module docstring)")
+    settings: dict[str, Any] = {"max_batch_tokens": budgets[-1]} if budgets else {}
     dtype = "bfloat16" if kind == "bf16" else "auto"
-    backend: Any = Reranker(model, device=device, dtype=dtype, max_batch_tokens=budget).load()._backend
+    backend: Any = Reranker(model, device=device, dtype=dtype, **settings).load()._backend
+    if "sync" in options:  # the host waits for each batch's logits, as the core did before
+        forward = backend._forward
+        backend._forward = lambda batch: forward(batch).cpu()
+    runs = str(next(backend._model.parameters()).dtype).removeprefix("torch.")
     if kind == "padded":
         backend._packed = None
-        return backend.score_pairs  # type: ignore[no-any-return]
+        return backend.score_pairs, f"{runs}, transformers forward"
     packed = backend._packed
     packed.chunk_tokens = None if chunk == "none" else int(chunk)
     layer_fn: Any = packed_module.PackedForward._layer
@@ -124,9 +137,6 @@ def make_variant(name: str, model: str, device: str = "cpu") -> Scorer:
         packed.row_multiple = 1
     if "padattn" in options:
         packed.attention = "padded"
-    if "sync" in options:
-        forward = backend._forward
-        backend._forward = lambda batch: forward(batch).cpu()
     if "copies" in options:  # both were measured on the core before oneDNN and row rounding
         layer_fn, packed.row_multiple = _layer_with_copies, 1
     if "compile" in options:
@@ -143,7 +153,65 @@ def make_variant(name: str, model: str, device: str = "cpu") -> Scorer:
         finally:
             packed_module.PackedForward._layer, packed_module._Attention.__call__ = saved  # type: ignore[method-assign]
 
-    return score
+    return score, f"{runs}, padding-free, {packed.attention} attention"
+
+
+def _timed(scorer: Scorer, pairs: list[tuple[str, str]], device: str) -> tuple[list[float], float]:
+    """Scores and wall seconds, the device idle before and after (scorers return host floats anyway)."""
+    if device.startswith("cuda"):
+        torch.cuda.synchronize()
+    t0 = time.perf_counter()
+    scores = scorer(pairs)
+    if device.startswith("cuda"):
+        torch.cuda.synchronize()
+    return scores, time.perf_counter() - t0
+
+
+def _compare(
+    workload: Any, requests: int, scorers: dict[str, tuple[Scorer, str]], args: argparse.Namespace
+) -> None:
+    """Time every variant on ``workload``, interleaved, and print its table."""
+    names = list(scorers)
+    calls = [[(r.query, p) for p in r.passages] for r in workload.requests]
+    if not workload.per_request:  # the whole throughput call, repeated
+        calls = [[pair for call in calls for pair in call]] * requests
+    calls = calls[:requests]
+    warm = [(workload.warmup.query, p) for p in workload.warmup.passages]
+    for n, (scorer, _) in scorers.items():  # warm-up (compilation where asked for), at both sizes
+        seconds = sum(_timed(scorer, pairs, args.device)[1] for pairs in (warm, calls[0]))
+        print(f"warm-up {n}: {seconds:.1f} s", file=sys.stderr, flush=True)
+    times: dict[str, list[float]] = {n: [] for n in names}
+    delta = dict.fromkeys(names, 0.0)
+    for k, pairs in enumerate(calls):
+        results = {}
+        for n in names if k % 2 == 0 else names[::-1]:
+            results[n], seconds = _timed(scorers[n][0], pairs, args.device)
+            times[n].append(seconds)
+        for n in names:
+            delta[n] = max(
+                delta[n], max(abs(a - b) for a, b in zip(results[n], results[names[0]], strict=True))
+            )
+        print(f"request {k + 1}: " + ", ".join(f"{n} {times[n][-1]:.3f}s" for n in names), file=sys.stderr)
+    print(
+        f"{workload.name} workload, {args.subject} subject on {args.device}; load average "
+        f"{os.getloadavg()[0]:.2f}; {len(calls)} requests of {len(calls[0])} pairs. Median and best "
+        "milliseconds per request; 'vs ce' is the median over requests of the time ratio to CrossEncoder "
+        "in the same request (robust to a busy spell hitting one request)."
+    )
+    print(
+        f"| variant | runs | median ms | best ms | pairs/s (median) | vs ce | max abs delta vs {names[0]} |"
+    )
+    print("|---|---|---:|---:|---:|---:|---:|")
+    for n in names:
+        med = statistics.median(times[n])
+        vs = "-"
+        if "ce" in times:
+            vs = f"{statistics.median(c / t for c, t in zip(times['ce'], times[n], strict=True)):.2f}"
+        print(
+            f"| {n} | {scorers[n][1]} | {med * 1e3:,.1f} | {min(times[n]) * 1e3:,.1f} "
+            f"| {len(calls[0]) / med:,.1f} | {vs} | {delta[n]:.2g} |"
+        )
+    print(flush=True)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -157,63 +225,24 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--scale", choices=["smoke", "cpu", "gpu"], help="default: gpu on CUDA, else cpu")
     parser.add_argument(
         "--workload",
-        choices=["interactive", "throughput"],
         default="interactive",
-        help="throughput: every request is the whole throughput call (all its queries), repeated",
+        help="interactive, throughput (the whole throughput call, repeated), or both comma-separated; "
+        "each prints its table as soon as it is done",
+    )
+    parser.add_argument(
+        "--throughput-requests", type=int, help="repeats of the throughput call (default: --requests)"
     )
     args = parser.parse_args(argv)
     model = str(build_subject(args.subject, args.models / args.subject))
     scale = args.scale or ("gpu" if args.device.startswith("cuda") else "cpu")
-    names = args.variants.split(",")
-    scorers = {n: make_variant(n, model, args.device) for n in names}
-    workload = next(w for w in make_workloads(model, scale) if w.name == args.workload)
-    calls = [[(r.query, p) for p in r.passages] for r in workload.requests]
-    if not workload.per_request:
-        calls = [[pair for call in calls for pair in call]] * args.requests
-    calls = calls[: args.requests]
-    warm = workload.warmup
-    warm_pairs = [(warm.query, p) for p in warm.passages]
-    first: dict[str, list[float]] = {}
-    for n, f in scorers.items():  # warm-up, and compilation where asked for
-        t0 = time.perf_counter()
-        first[n] = f(warm_pairs)
-        print(f"warm-up {n}: {time.perf_counter() - t0:.1f} s", file=sys.stderr)
-    times: dict[str, list[float]] = {n: [] for n in names}
-    delta = dict.fromkeys(names, 0.0)
-    for k, pairs in enumerate(calls):
-        order = names if k % 2 == 0 else names[::-1]
-        ref: list[float] | None = None
-        results = {}
-        for n in order:
-            t0 = time.perf_counter()
-            results[n] = scorers[n](pairs)
-            times[n].append(time.perf_counter() - t0)
-        ref = results[names[0]]
-        for n in names:
-            delta[n] = max(delta[n], max(abs(a - b) for a, b in zip(results[n], ref, strict=True)))
-        print(f"request {k + 1}: " + ", ".join(f"{n} {times[n][-1]:.2f}s" for n in names), file=sys.stderr)
-    pairs_per_request = len(calls[0])
-    print(
-        f"{args.workload} workload, {args.subject} subject on {args.device}; load average "
-        f"{os.getloadavg()[0]:.2f}; {len(calls)} requests of {pairs_per_request} pairs"
-    )
-    print(
-        "Median and best seconds per request; 'vs ce' is the median over requests of the time ratio to "
-        "CrossEncoder in the same request (robust to a busy spell hitting one request)."
-    )
-    print("| variant | median s | best s | pairs/s (median) | vs ce | max abs delta vs " + names[0] + " |")
-    print("|---|---:|---:|---:|---:|---:|")
-    for n in names:
-        med = statistics.median(times[n])
-        vs = (
-            f"{statistics.median(c / t for c, t in zip(times['ce'], times[n], strict=True)):.2f}"
-            if "ce" in times
-            else "-"
-        )
-        print(
-            f"| {n} | {med:.2f} | {min(times[n]):.2f} | {pairs_per_request / med:.1f} | {vs} "
-            f"| {delta[n]:.2g} |"
-        )
+    workloads = {w.name: w for w in make_workloads(model, scale)}
+    chosen = args.workload.split(",")
+    if any(w not in ("interactive", "throughput") for w in chosen):
+        raise SystemExit(f"--workload takes interactive and/or throughput, not {args.workload!r}")
+    scorers = {n: make_variant(n, model, args.device) for n in args.variants.split(",")}
+    for name in chosen:  # one process, so every variant is loaded once for both
+        repeats = (args.throughput_requests or args.requests) if name == "throughput" else args.requests
+        _compare(workloads[name], repeats, scorers, args)
     return 0
 
 

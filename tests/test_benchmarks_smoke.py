@@ -102,16 +102,30 @@ def test_kernel_flow_compares_every_linear_shape(tmp_path: Path, capsys: pytest.
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("workload", ["interactive", "throughput"])
-def test_ablations_run_and_every_variant_agrees(
-    workload: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+def test_ablations_run_on_both_workloads_and_every_variant_agrees(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     from benchmarks.ablations import main
 
-    variants = "packed-none,packed-none-sync,packed-none-padattn,packed-none-b512,padded,flag-bs4,ce"
-    args = ["--subject", "tiny", "--scale", "smoke", "--requests", "1", "--workload", workload]
-    assert main([*args, "--models", str(tmp_path), "--variants", variants]) == 0
-    rows = [line.split("|") for line in capsys.readouterr().out.splitlines() if line.startswith("| ")]
-    deltas = {cells[1].strip(): cells[6].strip() for cells in rows[1:]}  # after the header row
-    assert list(deltas) == variants.split(",")
-    assert all(float(d) < 1e-4 for d in deltas.values()), deltas
+    names = ["packed-none", "packed-none-sync", "packed-none-padattn", "packed-none-b512", "padded", "ce"]
+    args = ["--subject", "tiny", "--scale", "smoke", "--requests", "1", "--models", str(tmp_path)]
+    assert main([*args, "--workload", "throughput,interactive", "--variants", ",".join(names)]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    titles = [line.split(" workload")[0] for line in lines if " workload, tiny subject" in line]
+    assert titles == ["throughput", "interactive"]  # in the order asked for, one process
+    rows = [line.split("|") for line in lines if line.startswith("| ") and not line.startswith("| variant")]
+    assert [cells[1].strip() for cells in rows] == names * 2
+    for cells in rows:
+        assert float(cells[7]) < 1e-4  # max |delta| against packed-none
+    runs = {cells[1].strip(): cells[2] for cells in rows}  # what each variant really ran
+    assert "per-pair attention" in runs["packed-none"]
+    assert "padded attention" in runs["packed-none-padattn"]
+    assert "transformers forward" in runs["padded"]
+
+
+def test_unknown_ablation_variants_are_refused() -> None:
+    from benchmarks.ablations import make_variant
+
+    for name in ("packed-none-synk", "packed-b512", "padded-x"):
+        with pytest.raises(SystemExit, match="unknown variant"):
+            make_variant(name, "unused")
