@@ -137,14 +137,21 @@ def _train_vocab(extra_pieces: int) -> list[tuple[str, float]]:
     tokenizer.train_from_iterator(_corpus_lines(), trainer=trainer)
     vocab = json.loads(tokenizer.to_str())["model"]["vocab"]
     pieces = [(str(piece), float(score)) for piece, score in vocab]
-    if [p for p, _ in pieces[: len(_SPECIAL_TOKENS)]] != _SPECIAL_TOKENS:
+    specials = len(_SPECIAL_TOKENS)
+    if [p for p, _ in pieces[:specials]] != _SPECIAL_TOKENS:
         raise RuntimeError("unexpected special-token layout in the trained vocabulary")
-    # Every alphabet character must be a piece of its own, so that only foreign text maps to <unk>.
-    known = {p for p, _ in pieces}
-    lowest = min(score for _, score in pieces[len(_SPECIAL_TOKENS) :])
-    pieces += [(ch, lowest - 1.0) for ch in alphabet if ch not in known]
-    pieces.append((_MASK_TOKEN, 0.0))
-    return pieces
+    # The trainer is not deterministic: it adds the single characters it must keep in hash-set
+    # order, with scores that depend on that order, and its learned scores differ in the last bits
+    # from run to run, so ids (and some segmentations) changed from one build to the next. Here
+    # learned multi-character pieces are rounded and ordered by score, then single characters
+    # follow with one score below all of them, in code point order: the same code builds the same
+    # tokenizer. Every alphabet character is a piece of its own, so only foreign text maps to <unk>.
+    learned = sorted(
+        ((p, round(score, 6)) for p, score in pieces[specials:] if len(p) > 1), key=lambda x: (-x[1], x[0])
+    )
+    floor = min((score for _, score in learned), default=0.0) - 1.0
+    chars = sorted({p for p, _ in pieces[specials:] if len(p) == 1} | set(alphabet))
+    return [*pieces[:specials], *learned, *((ch, floor) for ch in chars), (_MASK_TOKEN, 0.0)]
 
 
 def build_test_model(
@@ -157,7 +164,7 @@ def build_test_model(
     """Write a random XLM-RoBERTa cross-encoder and its trained tokenizer into ``folder``.
 
     The result loads with ``Reranker(folder)`` or any ``from_pretrained``, offline. The same seed and
-    shape give the same weights. Returns the folder.
+    shape give the same files: weights and tokenizer. Returns the folder.
 
     Args:
         folder: Where to write ``config.json``, ``model.safetensors`` and the tokenizer files.

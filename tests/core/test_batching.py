@@ -171,8 +171,8 @@ def test_half_precision_padding_free_forward_agrees_with_transformers(
 
     A GPU is not always at hand to test on; this runs the same arithmetic on CPU: in chunks with
     per-pair attention, and as on CUDA without variable-length attention (one pass, padded masked
-    attention). The bounds are the dtype's own noise: fp16 and bf16 land 0.02-0.03 and 0.2-0.3 from
-    fp32 on these pairs, in both implementations.
+    attention). The bounds leave room for the dtype's own noise: on these pairs both implementations
+    land about 0.02 (fp16) and 0.17-0.18 (bf16) from fp32, and up to 0.02 and 0.25 from each other.
     """
     pairs = workload(60, seed=3)
     packed = Reranker(model_dir, device="cpu", dtype=dtype, max_batch_tokens=2048).load()

@@ -79,7 +79,7 @@ def test_exact_ids_of_hand_written_pairs(tokenizer) -> None:
     assert tokens("the capital", "") == ["<s>", "▁", "the", "▁capital", "</s>", "</s>", "</s>"]
     # The query is cut to query_max_length (6); the passage fills the rest of max_length (16).
     assert tokens("a b c a b c a b c", "Paris Paris Paris") == (
-        ["<s>", "▁", "a", "▁b", "▁c", "▁", "a", "</s>", "</s>"] + ["▁P", "ar", "is"] * 2 + ["</s>"]
+        ["<s>", *["▁a", "▁b", "▁c"] * 2, "</s>", "</s>", *["▁P", "ar", "is"] * 2, "</s>"]
     )
     # Characters outside the training alphabets become <unk>, like rare symbols with the real vocab.
     assert tokens("x😀y", "北京") == ["<s>", "▁", "x", "<unk>", "y", "</s>", "</s>", "▁", "北", "京", "</s>"]
