@@ -68,12 +68,15 @@ def agreement_bound(dtype: str, other: str) -> float:
 
 
 def build_subject(name: str, folder: Path) -> Path:
-    """Build (once) the random subject model ``name`` into ``folder``."""
-    from bge_rerank_integrations.testing import FULL_SHAPE, TINY_SHAPE, ModelShape, build_test_model
+    """Build the random subject model ``name`` into ``folder``, unless the same build is there."""
+    from bge_rerank_integrations.testing import (
+        FULL_SHAPE,
+        TINY_SHAPE,
+        ModelShape,
+        build_test_model,
+        model_marker,
+    )
 
-    marker = folder / "bge_test_model.json"
-    if marker.exists():
-        return folder
     shape = SUBJECTS[name]
     if shape == "FULL_SHAPE":
         model_shape = FULL_SHAPE
@@ -82,6 +85,9 @@ def build_subject(name: str, folder: Path) -> Path:
     else:
         assert isinstance(shape, dict)
         model_shape = ModelShape(**shape)
+    marker = folder / "bge_test_model.json"
+    if marker.exists() and json.loads(marker.read_text()) == model_marker(model_shape):
+        return folder
     t0 = time.perf_counter()
     build_test_model(folder, shape=model_shape)
     log.info("built subject %s in %s (%.1f s)", name, folder, time.perf_counter() - t0)

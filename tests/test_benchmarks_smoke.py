@@ -54,6 +54,21 @@ def test_benchmark_suite_runs_and_every_contender_agrees(model_dir: Path, tmp_pa
         assert contenders["flag-default"]["padding"] > 1.0  # the reference pads and repeats its first batch
 
 
+def test_a_subject_from_an_older_build_is_rebuilt_and_a_current_one_reused(tmp_path: Path) -> None:
+    from benchmarks.run import build_subject
+
+    folder = build_subject("tiny", tmp_path / "tiny")
+    marker, tokenizer = folder / "bge_test_model.json", folder / "tokenizer.json"
+    current, vocab = marker.read_text(), tokenizer.read_bytes()
+    marker.write_text(json.dumps({**json.loads(current), "build": 1}))  # as an older builder left it
+    tokenizer.write_text("{}")
+    assert build_subject("tiny", folder) == folder
+    assert (marker.read_text(), tokenizer.read_bytes()) == (current, vocab)
+    weights = (folder / "model.safetensors").stat().st_mtime_ns
+    build_subject("tiny", folder)
+    assert (folder / "model.safetensors").stat().st_mtime_ns == weights  # not built again
+
+
 def test_agreement_bound_is_set_by_the_less_precise_contender() -> None:
     # on a GPU ours runs fp16 and FlagReranker's defaults fp32: fp32's 1e-4 would fail every such pair
     from benchmarks.run import TOLERANCE, agreement_bound

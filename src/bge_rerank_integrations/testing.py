@@ -17,8 +17,9 @@ import json
 from collections.abc import Iterator
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import Any
 
-__all__ = ["FULL_SHAPE", "TINY_SHAPE", "ModelShape", "build_test_model"]
+__all__ = ["FULL_SHAPE", "TINY_SHAPE", "ModelShape", "build_test_model", "model_marker"]
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -154,6 +155,19 @@ def _train_vocab(extra_pieces: int) -> list[tuple[str, float]]:
     return [*pieces[:specials], *learned, *((ch, floor) for ch in chars), (_MASK_TOKEN, 0.0)]
 
 
+# Bumped whenever the same shape and seed would build different files (2: reproducible tokenizer).
+_BUILD_VERSION = 2
+
+
+def model_marker(shape: ModelShape = TINY_SHAPE, seed: int = 0) -> dict[str, Any]:
+    """What :func:`build_test_model` writes to ``bge_test_model.json`` for these arguments.
+
+    A folder whose marker equals this holds exactly the model they build; callers that cache builds
+    compare it.
+    """
+    return {"build": _BUILD_VERSION, "seed": seed, **asdict(shape)}
+
+
 def build_test_model(
     folder: str | Path,
     *,
@@ -204,7 +218,7 @@ def build_test_model(
         torch.manual_seed(seed)
         model = XLMRobertaForSequenceClassification(config)
     model.save_pretrained(out)
-    (out / "bge_test_model.json").write_text(json.dumps({"seed": seed, **asdict(shape)}, indent=2))
+    (out / "bge_test_model.json").write_text(json.dumps(model_marker(shape, seed), indent=2))
     return out
 
 
