@@ -45,7 +45,7 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 import torch
 import torch.nn.functional as F
 
-from benchmarks.run import build_subject
+from benchmarks.run import _sync, build_subject
 from benchmarks.workloads import make_workloads
 
 Scorer = Callable[[list[tuple[str, str]]], list[float]]
@@ -93,6 +93,7 @@ def _fp32_attention(attention: Any) -> Callable[[Any, torch.Tensor], torch.Tenso
 
 
 _OPTIONS = {"padattn", "sync", "copies", "compile", "torchlinear", "gelu", "rows1", "fp32attn"}
+_BUDGET = re.compile(r"b(\d+)", re.ASCII)  # the option bN: a token budget of N a batch
 
 
 def make_variant(name: str, model: str, device: str = "cpu") -> tuple[Scorer, str]:
@@ -110,8 +111,8 @@ def make_variant(name: str, model: str, device: str = "cpu") -> tuple[Scorer, st
         return Contender(spec, model, device, 512).score, "reference" + (", float16" if cuda else "")
     kind, *rest = name.split("-")
     chunk, options = ("none", rest) if kind == "padded" else (rest[0] if rest else "", rest[1:])
-    budgets = [int(o[1:]) for o in options if re.fullmatch(r"b\d+", o, re.ASCII)]
-    unknown = [o for o in options if o not in _OPTIONS and not re.fullmatch(r"b\d+", o, re.ASCII)]
+    budgets = [int(m[1]) for o in options if (m := _BUDGET.fullmatch(o))]
+    unknown = [o for o in options if o not in _OPTIONS and not _BUDGET.fullmatch(o)]
     if kind not in ("packed", "bf16", "padded") or unknown or not re.fullmatch(r"none|\d+", chunk, re.ASCII):
         raise SystemExit(f"unknown variant {name!r} (see the module docstring)")
     settings: dict[str, Any] = {"max_batch_tokens": budgets[-1]} if budgets else {}
@@ -158,12 +159,10 @@ def make_variant(name: str, model: str, device: str = "cpu") -> tuple[Scorer, st
 
 def _timed(scorer: Scorer, pairs: list[tuple[str, str]], device: str) -> tuple[list[float], float]:
     """Scores and wall seconds, the device idle before and after (scorers return host floats anyway)."""
-    if device.startswith("cuda"):
-        torch.cuda.synchronize()
+    _sync(device)
     t0 = time.perf_counter()
     scores = scorer(pairs)
-    if device.startswith("cuda"):
-        torch.cuda.synchronize()
+    _sync(device)
     return scores, time.perf_counter() - t0
 
 
@@ -187,10 +186,9 @@ def _compare(
         for n in names if k % 2 == 0 else names[::-1]:
             results[n], seconds = _timed(scorers[n][0], pairs, args.device)
             times[n].append(seconds)
+        first = results[names[0]]
         for n in names:
-            delta[n] = max(
-                delta[n], max(abs(a - b) for a, b in zip(results[n], results[names[0]], strict=True))
-            )
+            delta[n] = max(delta[n], max(abs(a - b) for a, b in zip(results[n], first, strict=True)))
         print(f"request {k + 1}: " + ", ".join(f"{n} {times[n][-1]:.3f}s" for n in names), file=sys.stderr)
     print(
         f"{workload.name} workload, {args.subject} subject on {args.device}; load average "
