@@ -40,6 +40,13 @@ logger = logging.getLogger(__name__)
 _CPU_CHUNK_TOKENS = {"float32": 2048, "half": 4096}
 
 
+def _cpu_chunk_tokens(dtype: torch.dtype) -> int:
+    """The CPU chunk size of the padding-free forward for weights of ``dtype``."""
+    import torch
+
+    return _CPU_CHUNK_TOKENS["float32" if dtype == torch.float32 else "half"]
+
+
 @dataclass
 class ForwardStats:
     """Running totals of the work done by a backend's forward passes (for benchmarks and logs)."""
@@ -116,7 +123,7 @@ class LocalBackend:
             return self.config.max_batch_tokens
         if device.type != "cpu":
             return self.config.max_batch_tokens
-        chunk = _CPU_CHUNK_TOKENS["float32" if self.config.dtype in ("auto", "float32") else "half"]
+        chunk = _cpu_chunk_tokens(_torch_dtype(self.config.dtype, device))
         return min(chunk, self.config.max_batch_tokens)
 
     def load(self) -> None:
@@ -264,16 +271,13 @@ class LocalBackend:
 
 def _packed_forward(model: Any, device: torch.device) -> PackedForward | None:
     """The padding-free forward for ``model``, or ``None`` (with the reason logged) if it does not fit."""
-    import torch
-
     from bge_rerank_integrations.backends.packed import PackedForward, packed_support
 
     reason = packed_support(model)
     if reason is not None:
         logger.info("using padded forward passes: %s", reason)
         return None
-    chunk = _CPU_CHUNK_TOKENS["float32" if model.dtype == torch.float32 else "half"]
-    return PackedForward(model, chunk_tokens=chunk if device.type == "cpu" else None)
+    return PackedForward(model, chunk_tokens=_cpu_chunk_tokens(model.dtype) if device.type == "cpu" else None)
 
 
 def _single_device(device: str | tuple[str, ...] | None) -> str | None:
