@@ -76,6 +76,22 @@ def _gelu_after(linear: _Linear) -> _Linear:
     return linear_gelu
 
 
+def _passes_self_check(what: str, reference: str, agrees: Callable[[], bool]) -> bool:
+    """Whether an optional fast path runs here and ``agrees()`` with ``reference``; logs why not.
+
+    The fast paths rest on private or recent torch ops, so each is tried once at load on small
+    random inputs; a failure only costs speed, never a wrong score.
+    """
+    try:
+        ok = agrees()
+    except Exception as exc:
+        logger.info("%s unavailable (%s)", what, exc)
+        return False
+    if not ok:
+        logger.warning("not using %s: results differ from %s", what, reference)
+    return ok
+
+
 def _onednn_linears() -> tuple[_Linear, _Linear] | None:
     """oneDNN's fp32 linear layer, and the same with GELU fused, if they run here and agree with torch's.
 
@@ -84,29 +100,27 @@ def _onednn_linears() -> tuple[_Linear, _Linear] | None:
     private to torch (its compiler's CPU fusions use it), so it is probed once and ``F.linear`` stays
     the fallback.
     """
-    try:
-        op = torch.ops.mkldnn._linear_pointwise
+    op: Any = getattr(torch.ops.mkldnn, "_linear_pointwise", None)  # None where torch lacks it
 
-        def linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor) -> torch.Tensor:
-            out: torch.Tensor = op(x, weight, bias, "none", [], "")
-            return out
+    def linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor) -> torch.Tensor:
+        out: torch.Tensor = op(x, weight, bias, "none", [], "")
+        return out
 
-        def linear_gelu(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor) -> torch.Tensor:
-            out: torch.Tensor = op(x, weight, bias, "gelu", [], "none")  # "none": erf, not tanh
-            return out
+    def linear_gelu(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor) -> torch.Tensor:
+        out: torch.Tensor = op(x, weight, bias, "gelu", [], "none")  # "none": erf, not tanh
+        return out
 
+    def agrees() -> bool:
+        if op is None:
+            raise RuntimeError("torch.ops.mkldnn._linear_pointwise is missing")
         gen = torch.Generator().manual_seed(0)
         x, weight, bias = (torch.randn(*shape, generator=gen) for shape in ((37, 96), (80, 96), (80,)))
         with torch.inference_mode():
-            ok = torch.allclose(linear(x, weight, bias), F.linear(x, weight, bias), atol=1e-4, rtol=1e-4)
-            ok = ok and torch.allclose(
-                linear_gelu(x, weight, bias), F.gelu(F.linear(x, weight, bias)), atol=1e-4, rtol=1e-4
-            )
-    except Exception as exc:
-        logger.info("oneDNN linear layers unavailable (%s)", exc)
-        return None
-    if not ok:
-        logger.warning("oneDNN linear layers disagree with torch's; not using them")
+            plain = torch.allclose(linear(x, weight, bias), F.linear(x, weight, bias), atol=1e-4, rtol=1e-4)
+            gelu = F.gelu(F.linear(x, weight, bias))
+            return plain and torch.allclose(linear_gelu(x, weight, bias), gelu, atol=1e-4, rtol=1e-4)
+
+    if not _passes_self_check("oneDNN linear layers", "torch's", agrees):
         return None
     return linear, linear_gelu
 
@@ -264,7 +278,8 @@ class PackedForward:
         """Whether fused variable-length attention runs here and agrees with per-pair attention."""
         if self.device.type != "cuda" or self.word.dtype not in (torch.float16, torch.bfloat16):
             return False
-        try:
+
+        def agrees() -> bool:
             from torch.nn.attention.varlen import varlen_attn  # noqa: F401  (torch >= 2.9)
 
             gen = torch.Generator(device="cpu").manual_seed(0)
@@ -272,13 +287,9 @@ class PackedForward:
             qkv = torch.randn(bounds[-1], 3 * self.hidden, generator=gen).to(self.device, self.word.dtype)
             fused = _Attention(bounds, self.heads, self.device, "varlen")(qkv)
             plain = _Attention(bounds, self.heads, self.device, "per-pair")(qkv)
-            ok = bool((fused.float() - plain.float()).abs().max() < 1e-2)
-        except Exception as exc:
-            logger.info("variable-length attention unavailable (%s)", exc)
-            return False
-        if not ok:
-            logger.warning("variable-length attention disagrees with per-pair attention; not using it")
-        return ok
+            return bool((fused.float() - plain.float()).abs().max() < 1e-2)
+
+        return _passes_self_check("variable-length attention", "per-pair attention", agrees)
 
 
 class _Attention:
