@@ -53,6 +53,8 @@ def linear() -> None:
 
 def attention(heads: int = 6, dim: int = 64, chunks: int = 10) -> None:
     """Per-pair attention over 2k-token chunks of skewed lengths (the reduced subject's heads)."""
+    from bge_rerank_integrations.backends.packed import _Attention
+
     rng = random.Random(1)
     hidden = heads * dim
     data = []
@@ -64,21 +66,16 @@ def attention(heads: int = 6, dim: int = 64, chunks: int = 10) -> None:
         data.append((torch.randn(bounds[-1], 3 * hidden), bounds))
     flops = sum(4 * (b - a) ** 2 * hidden for _, bounds in data for a, b in itertools.pairwise(bounds))
 
-    def flash(qkv: torch.Tensor, bounds: Sequence[int]) -> torch.Tensor:
-        split = qkv.view(-1, 3, heads, dim)
-        out = qkv.new_empty(qkv.shape[0], heads, dim)
-        for a, b in itertools.pairwise(bounds):
-            q, k, v = (split[a:b, i].transpose(0, 1).unsqueeze(0) for i in range(3))
-            out[a:b] = F.scaled_dot_product_attention(q, k, v)[0].transpose(0, 1)
-        return out
+    def flash(qkv: torch.Tensor, bounds: list[int]) -> torch.Tensor:  # the core's own CPU attention
+        return _Attention(bounds, heads, torch.device("cpu"), "per-pair")(qkv)
 
-    def bmm(qkv: torch.Tensor, bounds: Sequence[int]) -> torch.Tensor:  # queries come pre-scaled
+    def bmm(qkv: torch.Tensor, bounds: list[int]) -> torch.Tensor:  # queries come pre-scaled
         split = qkv.view(-1, 3, heads, dim)
         out = qkv.new_empty(qkv.shape[0], heads, dim)
         for a, b in itertools.pairwise(bounds):
             q, k, v = (split[a:b, i].transpose(0, 1) for i in range(3))
             out[a:b] = torch.bmm(torch.bmm(q, k.transpose(1, 2)).softmax(-1), v).transpose(0, 1)
-        return out
+        return out.view(-1, hidden)
 
     scaled = [(qkv.clone(), bounds) for qkv, bounds in data]
     for qkv, _ in scaled:
