@@ -735,3 +735,24 @@ except ImportError as exc:
     message, cause = proc.stdout.strip().splitlines()
     assert 'pip install "bge-rerank-integrations[haystack]"' in message
     assert cause in {"ImportError", "ModuleNotFoundError"}
+
+
+# --- output documents own their meta ----------------------------------------------------------------
+
+
+@pytest.mark.asyncio
+async def test_returned_meta_is_a_deep_copy(model_dir: Path) -> None:
+    docs = [
+        Document(content=text, meta={"source": {"path": f"f{i}.txt", "tags": ["a"]}, "n": i})
+        for i, text in enumerate(TEXTS[:4])
+    ]
+    before = copy.deepcopy(docs)
+    ranker = BGERanker(model=model_dir)
+    for result in (ranker.run(QUERY, docs), await ranker.run_async(QUERY, docs)):
+        out = result["documents"]
+        assert len(out) == len(docs)
+        for doc in out:
+            doc.meta["source"]["tags"].append("changed downstream")
+            doc.meta["source"]["path"] = "elsewhere"
+        assert docs == before  # the caller's nested meta is untouched
+        assert out[0].meta["source"]["tags"] == ["a", "changed downstream"]

@@ -8,6 +8,7 @@ with the same settings share one loaded model per process.
 from __future__ import annotations
 
 import asyncio
+import copy
 import dataclasses
 import math
 import os
@@ -383,7 +384,8 @@ class _Request:
             if self.score_threshold is not None and result.score < self.score_threshold:
                 break  # results are sorted, so every later one is below the threshold too
             doc = self.documents[result.index]
-            ranked.append(dataclasses.replace(doc, score=float(result.score), meta=dict(doc.meta)))
+            # A deep copy: nested meta values of the output must not be the caller's own objects.
+            ranked.append(dataclasses.replace(doc, score=float(result.score), meta=copy.deepcopy(doc.meta)))
         return ranked
 
 
