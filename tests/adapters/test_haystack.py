@@ -756,3 +756,48 @@ async def test_returned_meta_is_a_deep_copy(model_dir: Path) -> None:
             doc.meta["source"]["path"] = "elsewhere"
         assert docs == before  # the caller's nested meta is untouched
         assert out[0].meta["source"]["tags"] == ["a", "changed downstream"]
+
+
+# --- device given as a string -----------------------------------------------------------------------
+
+
+def test_a_device_string_is_taken_as_a_component_device(
+    model_dir: Path, core: Reranker, docs: list[Document]
+) -> None:
+    ranker = BGERanker(model=model_dir, device="cpu", top_k=3)
+    assert ranker.device == ComponentDevice.from_str("cpu")
+    assert ranker.to_dict()["init_parameters"]["device"] == {"type": "single", "device": "cpu"}
+    assert ranker.reranker.config.device == "cpu"
+    result = bm25_pipeline(ranker, docs).run(pipeline_input(), include_outputs_from={"retriever"})
+    want = expected_ranking(core, QUERY, result["retriever"]["documents"])[:3]
+    assert_same_ranking(ranking(result["ranker"]), want)
+
+
+def test_cuda_as_a_string_is_accepted_at_init_and_loads_nothing(model_dir: Path) -> None:
+    ranker = BGERanker(model=model_dir, device="cuda", max_batch_tokens=4327)  # settings no other test uses
+    assert ranker.device == ComponentDevice.from_str("cuda")
+    data = ranker.to_dict()
+    assert data["init_parameters"]["device"] == {"type": "single", "device": "cuda"}
+    restored = BGERanker.from_dict(data)
+    assert restored.device == ComponentDevice.from_str("cuda")
+    assert restored.reranker is ranker.reranker
+    assert ranker.reranker.config.device == "cuda"
+    assert not ranker.reranker.is_loaded
+
+
+@pytest.mark.parametrize(
+    ("device", "error", "match"),
+    [
+        ("tpu", ValueError, "device must name a device such as 'cpu', 'cuda', 'cuda:1' or 'mps', got 'tpu'"),
+        ("", ValueError, "device must name a device"),
+        (
+            0,
+            TypeError,
+            "device must be a ComponentDevice, a device string such as 'cuda:0', or None, got int",
+        ),
+        (["cpu"], TypeError, "device must be a ComponentDevice.*got list"),
+    ],
+)
+def test_a_bad_device_is_named(device: Any, error: type[Exception], match: str) -> None:
+    with pytest.raises(error, match=match):
+        BGERanker(device=device)

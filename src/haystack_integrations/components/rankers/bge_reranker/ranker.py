@@ -77,7 +77,7 @@ class BGERanker:
         self,
         *,
         model: str | os.PathLike[str] = DEFAULT_MODEL,
-        device: ComponentDevice | None = None,
+        device: ComponentDevice | str | None = None,
         token: Secret | None = _DEFAULT_TOKEN,
         top_k: int = 10,
         scale_score: bool = True,
@@ -112,7 +112,8 @@ class BGERanker:
 
         :param model: Hugging Face model id or local folder of the cross-encoder (with a remote
             ``backend``, the model name the server is asked for).
-        :param device: Device to run on; ``None`` lets the core pick cuda, then mps, then cpu (and
+        :param device: Device to run on, as a ``ComponentDevice`` or a string such as ``"cuda:0"``
+            (saved as a ``ComponentDevice``); ``None`` lets the core pick cuda, then mps, then cpu (and
             stays ``None`` when saved, so a pipeline saved on a GPU box still loads on a CPU one).
         :param token: Hugging Face token for private models (see the note on tokens below).
         :param top_k: Most documents to return; must be >= 1.
@@ -147,8 +148,9 @@ class BGERanker:
         :param verify_tls: Verify the serving engine's TLS certificate (core default ``True``).
         :param reranker: A ready core :class:`~bge_rerank_integrations.Reranker` to use instead of
             the model settings above. A component built this way cannot be saved (``to_dict`` raises).
-        :raises ValueError: ``top_k`` < 1, a setting out of range, a device map given as ``device``,
-            a token ``Secret`` given as ``api_key``, or model settings given together with ``reranker``.
+        :raises ValueError: ``top_k`` < 1, a setting out of range, a device map or an unknown device
+            string given as ``device``, a token ``Secret`` given as ``api_key``, or model settings given
+            together with ``reranker``.
         :raises TypeError: an argument of the wrong type.
 
         Note on tokens: ``token`` defaults to the ``HF_API_TOKEN`` or ``HF_TOKEN`` environment
@@ -163,12 +165,10 @@ class BGERanker:
             )
         if not isinstance(embedding_separator, str):
             raise TypeError(f"embedding_separator must be a str, got {type(embedding_separator).__name__}")
-        if device is not None and device.has_multiple_devices:
-            raise ValueError("device must be a single device: BGERanker runs on one device, got a device map")
         _check_api_key(api_key)
 
         self.model = os.fspath(model)
-        self.device = device
+        self.device = _component_device(device)
         self.token = token
         self.top_k = top_k
         self.scale_score = scale_score
@@ -401,6 +401,27 @@ def _deduplicate(documents: Sequence[Document]) -> list[Document]:
 
 def _incoming(doc: Document) -> float:
     return doc.score if doc.score is not None else -math.inf
+
+
+def _component_device(device: object) -> ComponentDevice | None:
+    """``device`` as a single ``ComponentDevice`` (a string such as ``"cuda:0"`` is parsed), or ``None``."""
+    if device is None:
+        return None
+    if isinstance(device, str):
+        try:
+            device = ComponentDevice.from_str(device)
+        except ValueError as exc:
+            raise ValueError(
+                f"device must name a device such as 'cpu', 'cuda', 'cuda:1' or 'mps', got {device!r}"
+            ) from exc
+    if not isinstance(device, ComponentDevice):
+        raise TypeError(
+            f"device must be a ComponentDevice, a device string such as 'cuda:0', or None, "
+            f"got {type(device).__name__}"
+        )
+    if device.has_multiple_devices:
+        raise ValueError("device must be a single device: BGERanker runs on one device, got a device map")
+    return device
 
 
 def _check_api_key(api_key: object) -> None:
