@@ -49,10 +49,17 @@ class BGERerank(RerankerSettings, BaseNodePostprocessor):
     ``backend="tei"`` (or ``"vllm"``, ``"infinity"``, ``"cohere"``) and ``base_url``, the scores come
     from a serving engine's ``/rerank`` instead, on the same scale; nothing else changes.
 
-    Each node is scored on ``node.get_content(metadata_mode=metadata_mode)``, optionally after the
-    values of ``meta_fields_to_embed``. The result holds new ``NodeWithScore`` objects whose ``score`` is
-    a plain float (a sigmoid in 0..1, or the raw logit with ``normalize=False``), in score order,
-    ties in input order. Node ids and metadata are kept; input nodes are not modified.
+    The scored text of a node, each piece of it once:
+
+    - ``meta_fields_to_embed`` not given (``None``): ``node.get_content(metadata_mode=metadata_mode)``,
+      the text LlamaIndex embeds by default (its ``key: value`` metadata lines, then the content);
+    - ``meta_fields_to_embed`` given: the values of those fields (missing and ``None`` left out), then
+      the node's bare content (``MetadataMode.NONE``), joined by ``meta_separator``; ``metadata_mode``
+      is not used, so no field also comes through the node's own metadata text.
+
+    The result holds new ``NodeWithScore`` objects whose ``score`` is a plain float (a sigmoid in
+    0..1, or the raw logit with ``normalize=False``), in score order, ties in input order. Node ids
+    and metadata are kept; input nodes are not modified.
 
     Example:
         >>> from bge_rerank_integrations.llamaindex import BGERerank
@@ -76,11 +83,17 @@ class BGERerank(RerankerSettings, BaseNodePostprocessor):
     )
     metadata_mode: MetadataMode = Field(
         default=MetadataMode.EMBED,
-        description="Which node metadata get_content() puts in the scored text (EMBED, as retrieval).",
+        description=(
+            "Which node metadata get_content() puts in the scored text (EMBED, as retrieval); "
+            "used only when meta_fields_to_embed is None."
+        ),
     )
     meta_fields_to_embed: list[str] | None = Field(
         default=None,
-        description="Metadata fields (e.g. a title) whose values go before the scored text.",
+        description=(
+            "Metadata fields (e.g. a title) whose values alone go before the node's bare content, "
+            "instead of the metadata_mode text."
+        ),
     )
     meta_separator: str = Field(
         default="\n", description="Joins the meta_fields_to_embed values and the node text."
@@ -243,9 +256,12 @@ class BGERerank(RerankerSettings, BaseNodePostprocessor):
             _dispatcher.event(ReRankEndEvent(nodes=out))
 
     def _texts(self, nodes: list[NodeWithScore]) -> list[str]:
+        """The scored text of each node (the rule is in the class docstring)."""
+        if self.meta_fields_to_embed is None:
+            return [n.node.get_content(metadata_mode=self.metadata_mode) for n in nodes]
         return [
             text_with_meta(
-                n.node.get_content(metadata_mode=self.metadata_mode),
+                n.node.get_content(metadata_mode=MetadataMode.NONE),
                 n.node.metadata,
                 self.meta_fields_to_embed,
                 self.meta_separator,

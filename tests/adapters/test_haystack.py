@@ -15,12 +15,15 @@ from haystack import Document, Pipeline
 from haystack.components.retrievers.in_memory import InMemoryBM25Retriever
 from haystack.core.errors import SerializationError
 from haystack.document_stores.in_memory import InMemoryDocumentStore
+from haystack.document_stores.types import DuplicatePolicy
 from haystack.utils import ComponentDevice, Secret
 from haystack.utils.device import DeviceMap
 
 from bge_rerank_integrations import Reranker, RerankerConfig
 from bge_rerank_integrations.haystack import BGERanker
 from haystack_integrations.components.rankers.bge_reranker import BGERanker as NamespacedBGERanker
+
+from .recording import RecordingReranker
 
 REPO = Path(__file__).resolve().parents[2]
 TYPE = "haystack_integrations.components.rankers.bge_reranker.ranker.BGERanker"
@@ -372,6 +375,10 @@ NEW_SETTINGS = (
     "max_texts_per_request",
     "verify_tls",
 )
+# The sentence-transformers ranker's prompt parameters, at their defaults.
+PROMPTS = {"query_prefix": "", "query_suffix": "", "document_prefix": "", "document_suffix": ""}
+# Its loading parameters, taken so its saved pipelines load; None when not given.
+ST_LOADING = ("batch_size", "model_kwargs", "tokenizer_kwargs", "config_kwargs")
 
 
 def test_to_dict_defaults() -> None:
@@ -382,6 +389,7 @@ def test_to_dict_defaults() -> None:
             "device": None,
             "token": {"type": "env_var", "env_vars": ["HF_API_TOKEN", "HF_TOKEN"], "strict": False},
             "top_k": 10,
+            **PROMPTS,
             "scale_score": True,
             "score_threshold": None,
             "meta_fields_to_embed": None,
@@ -390,6 +398,7 @@ def test_to_dict_defaults() -> None:
             "max_batch_tokens": None,
             "dtype": None,
             **dict.fromkeys(NEW_SETTINGS),
+            **dict.fromkeys(ST_LOADING),
         },
     }
 
@@ -400,6 +409,10 @@ def test_to_dict_with_settings_and_from_dict_round_trip(model_dir: Path) -> None
         device=ComponentDevice.from_str("cpu"),
         token=Secret.from_env_var("MY_HF_TOKEN"),
         top_k=3,
+        query_prefix="query: ",
+        query_suffix=" ?",
+        document_prefix="passage: ",
+        document_suffix=" .",
         scale_score=False,
         score_threshold=0.0,
         meta_fields_to_embed=("title",),
@@ -416,6 +429,10 @@ def test_to_dict_with_settings_and_from_dict_round_trip(model_dir: Path) -> None
             "device": {"type": "single", "device": "cpu"},
             "token": {"type": "env_var", "env_vars": ["MY_HF_TOKEN"], "strict": True},
             "top_k": 3,
+            "query_prefix": "query: ",
+            "query_suffix": " ?",
+            "document_prefix": "passage: ",
+            "document_suffix": " .",
             "scale_score": False,
             "score_threshold": 0.0,
             "meta_fields_to_embed": ["title"],
@@ -424,6 +441,7 @@ def test_to_dict_with_settings_and_from_dict_round_trip(model_dir: Path) -> None
             "max_batch_tokens": 2048,
             "dtype": "bf16",
             **dict.fromkeys(NEW_SETTINGS),
+            **dict.fromkeys(ST_LOADING),
         },
     }
     json.dumps(data)  # plain JSON
@@ -481,6 +499,7 @@ def test_remote_and_serving_settings_round_trip_exactly(monkeypatch: pytest.Monk
             "device": None,
             "token": {"type": "env_var", "env_vars": ["HF_API_TOKEN", "HF_TOKEN"], "strict": False},
             "top_k": 4,
+            **PROMPTS,
             "scale_score": True,
             "score_threshold": None,
             "meta_fields_to_embed": None,
@@ -504,6 +523,7 @@ def test_remote_and_serving_settings_round_trip_exactly(monkeypatch: pytest.Monk
             "max_concurrent_requests": 2,
             "max_texts_per_request": 16,
             "verify_tls": False,
+            **dict.fromkeys(ST_LOADING),
         },
     }
     assert "sk-never-saved" not in json.dumps(data)
@@ -735,3 +755,213 @@ except ImportError as exc:
     message, cause = proc.stdout.strip().splitlines()
     assert 'pip install "bge-rerank-integrations[haystack]"' in message
     assert cause in {"ImportError", "ModuleNotFoundError"}
+
+
+# --- output documents own their meta ----------------------------------------------------------------
+
+
+@pytest.mark.asyncio
+async def test_returned_meta_is_a_deep_copy(model_dir: Path) -> None:
+    docs = [
+        Document(content=text, meta={"source": {"path": f"f{i}.txt", "tags": ["a"]}, "n": i})
+        for i, text in enumerate(TEXTS[:4])
+    ]
+    before = copy.deepcopy(docs)
+    ranker = BGERanker(model=model_dir)
+    for result in (ranker.run(QUERY, docs), await ranker.run_async(QUERY, docs)):
+        out = result["documents"]
+        assert len(out) == len(docs)
+        for doc in out:
+            doc.meta["source"]["tags"].append("changed downstream")
+            doc.meta["source"]["path"] = "elsewhere"
+        assert docs == before  # the caller's nested meta is untouched
+        assert out[0].meta["source"]["tags"] == ["a", "changed downstream"]
+
+
+# --- the sentence-transformers ranker's prompts, and its saved pipelines ----------------------------
+
+
+@pytest.mark.asyncio
+async def test_prefixes_and_suffixes_change_the_scored_text_as_documented(model_dir: Path) -> None:
+    recorder = RecordingReranker(str(model_dir))
+    ranker = BGERanker(
+        reranker=recorder,
+        query_prefix="Instruct: find the capital\nQuery: ",
+        query_suffix=" (answer briefly)",
+        document_prefix="passage: ",
+        document_suffix=" [end]",
+        meta_fields_to_embed=["title"],
+        embedding_separator=" | ",
+    )
+    docs = [
+        Document(content="Berlin is the capital of Germany.", meta={"title": "Berlin"}),
+        Document(content="No title.", meta={"title": None}),
+        Document(content=None, meta={"title": "Only a title"}),
+    ]
+    want = (
+        f"Instruct: find the capital\nQuery: {QUERY} (answer briefly)",
+        [
+            "passage: Berlin | Berlin is the capital of Germany. [end]",
+            "passage: No title. [end]",
+            "passage: Only a title |  [end]",
+        ],
+    )
+    ranker.run(QUERY, docs)
+    await ranker.run_async(QUERY, docs)
+    assert recorder.calls == [want, want]
+    with pytest.raises(ValueError, match="non-empty query"):
+        ranker.run("  ", docs)  # the query itself must say something, whatever the prompts
+
+
+ST_TYPE = (
+    "haystack_integrations.components.rankers.sentence_transformers."
+    "sentence_transformers_similarity.SentenceTransformersSimilarityRanker"
+)
+
+
+def sentence_transformers_ranker_dict(model: str) -> dict[str, Any]:
+    """``SentenceTransformersSimilarityRanker.to_dict()``, every init parameter as that ranker saves it."""
+    return {
+        "type": ST_TYPE,
+        "init_parameters": {
+            "device": {"type": "single", "device": "cpu"},  # it saves the device it resolved
+            "model": model,
+            "token": {"type": "env_var", "env_vars": ["HF_API_TOKEN", "HF_TOKEN"], "strict": False},
+            "top_k": 3,
+            "query_prefix": "Represent this question: ",
+            "query_suffix": " ?",
+            "document_prefix": "passage: ",
+            "document_suffix": "",
+            "meta_fields_to_embed": ["title"],
+            "embedding_separator": "\n",
+            "scale_score": True,
+            "score_threshold": None,
+            "trust_remote_code": False,
+            "model_kwargs": None,
+            "tokenizer_kwargs": None,
+            "config_kwargs": None,
+            "backend": "torch",
+            "batch_size": 16,
+        },
+    }
+
+
+def test_a_saved_sentence_transformers_pipeline_moves_by_changing_the_type_line(
+    model_dir: Path, core: Reranker, docs: list[Document]
+) -> None:
+    from haystack.marshal import YamlMarshaller
+
+    # The file a user has: our BM25 pipeline's layout, with the sentence-transformers ranker in it.
+    saved = bm25_pipeline(BGERanker(model=model_dir), docs).to_dict()
+    saved["components"]["ranker"] = sentence_transformers_ranker_dict(str(model_dir))
+    st_yaml = YamlMarshaller().marshal(saved)
+    assert f"type: {ST_TYPE}" in st_yaml
+    moved = st_yaml.replace(f"type: {ST_TYPE}", f"type: {TYPE}")
+    changed = [(a, b) for a, b in zip(st_yaml.splitlines(), moved.splitlines(), strict=True) if a != b]
+    assert len(changed) == 1  # the type line, and nothing else
+
+    pipeline = Pipeline.loads(moved)
+    ranker = pipeline.get_component("ranker")
+    assert isinstance(ranker, BGERanker)
+    assert ranker.device == ComponentDevice.from_str("cpu")
+    assert ranker.reranker.config.backend == "local"
+    # (the loaded store may share the saved one's in-memory index, so overwrite rather than add)
+    pipeline.get_component("retriever").document_store.write_documents(docs, DuplicatePolicy.OVERWRITE)
+    result = pipeline.run(pipeline_input(), include_outputs_from={"retriever"})
+    retrieved = result["retriever"]["documents"]
+    texts = [f"passage: {d.meta['title']}\n{d.content}" for d in retrieved]
+    scores = core.score(f"Represent this question: {QUERY} ?", texts, normalize=True)
+    want = sorted(((d.id, s) for d, s in zip(retrieved, scores, strict=True)), key=lambda p: -p[1])[:3]
+    assert_same_ranking(ranking(result["ranker"]), want)
+    plain = expected_ranking(core, QUERY, retrieved)[:3]
+    assert [s for _, s in plain] != pytest.approx([s for _, s in want], abs=1e-6)  # the prompts counted
+    # saved again, it keeps what it was given and loads the same
+    data = ranker.to_dict()["init_parameters"]
+    assert {k: data[k] for k in sentence_transformers_ranker_dict("")["init_parameters"]} == {
+        **sentence_transformers_ranker_dict(str(model_dir))["init_parameters"]
+    }
+    assert Pipeline.loads(pipeline.dumps()).to_dict() == pipeline.to_dict()
+
+
+def test_torch_backend_is_the_local_one(model_dir: Path) -> None:
+    assert BGERanker(model=model_dir, backend="torch").reranker is BGERanker(model=model_dir).reranker
+
+
+@pytest.mark.parametrize(
+    ("settings", "error", "match"),
+    [
+        ({"query_prefix": None}, TypeError, "query_prefix must be a str, got NoneType"),
+        ({"query_suffix": 1}, TypeError, "query_suffix must be a str, got int"),
+        ({"document_prefix": b"x"}, TypeError, "document_prefix must be a str, got bytes"),
+        ({"document_suffix": ["x"]}, TypeError, "document_suffix must be a str, got list"),
+        ({"backend": "onnx"}, ValueError, "backend='onnx' is a sentence-transformers backend"),
+        ({"backend": "openvino"}, ValueError, "backend='openvino' is a sentence-transformers backend"),
+        ({"batch_size": 0}, ValueError, "batch_size must be >= 1, got 0"),
+        ({"batch_size": "16"}, TypeError, "batch_size must be an int or None, got str"),
+        ({"model_kwargs": {"torch_dtype": "float16"}}, ValueError, "model_kwargs is a sentence-transformers"),
+        ({"tokenizer_kwargs": {"model_max_length": 8}}, ValueError, "tokenizer_kwargs"),
+        ({"config_kwargs": {"num_labels": 1}}, ValueError, "config_kwargs"),
+    ],
+)
+def test_bad_sentence_transformers_options_are_named(
+    settings: dict[str, Any], error: type[Exception], match: str
+) -> None:
+    with pytest.raises(error, match=match):
+        BGERanker(**settings)
+
+
+def test_empty_loading_kwargs_and_a_batch_size_are_taken_and_saved() -> None:
+    ranker = BGERanker(batch_size=32, model_kwargs={}, tokenizer_kwargs=None, config_kwargs={})
+    data = ranker.to_dict()["init_parameters"]
+    assert (data["batch_size"], data["model_kwargs"], data["tokenizer_kwargs"], data["config_kwargs"]) == (
+        32,
+        {},
+        None,
+        {},
+    )
+    assert BGERanker.from_dict(ranker.to_dict()).to_dict() == ranker.to_dict()
+
+
+# --- device given as a string -----------------------------------------------------------------------
+
+
+def test_a_device_string_is_taken_as_a_component_device(
+    model_dir: Path, core: Reranker, docs: list[Document]
+) -> None:
+    ranker = BGERanker(model=model_dir, device="cpu", top_k=3)
+    assert ranker.device == ComponentDevice.from_str("cpu")
+    assert ranker.to_dict()["init_parameters"]["device"] == {"type": "single", "device": "cpu"}
+    assert ranker.reranker.config.device == "cpu"
+    result = bm25_pipeline(ranker, docs).run(pipeline_input(), include_outputs_from={"retriever"})
+    want = expected_ranking(core, QUERY, result["retriever"]["documents"])[:3]
+    assert_same_ranking(ranking(result["ranker"]), want)
+
+
+def test_cuda_as_a_string_is_accepted_at_init_and_loads_nothing(model_dir: Path) -> None:
+    ranker = BGERanker(model=model_dir, device="cuda", max_batch_tokens=4327)  # settings no other test uses
+    assert ranker.device == ComponentDevice.from_str("cuda")
+    data = ranker.to_dict()
+    assert data["init_parameters"]["device"] == {"type": "single", "device": "cuda"}
+    restored = BGERanker.from_dict(data)
+    assert restored.device == ComponentDevice.from_str("cuda")
+    assert restored.reranker is ranker.reranker
+    assert ranker.reranker.config.device == "cuda"
+    assert not ranker.reranker.is_loaded
+
+
+@pytest.mark.parametrize(
+    ("device", "error", "match"),
+    [
+        ("tpu", ValueError, "device must name a device such as 'cpu', 'cuda', 'cuda:1' or 'mps', got 'tpu'"),
+        ("", ValueError, "device must name a device"),
+        (
+            0,
+            TypeError,
+            "device must be a ComponentDevice, a device string such as 'cuda:0', or None, got int",
+        ),
+        (["cpu"], TypeError, "device must be a ComponentDevice.*got list"),
+    ],
+)
+def test_a_bad_device_is_named(device: Any, error: type[Exception], match: str) -> None:
+    with pytest.raises(error, match=match):
+        BGERanker(device=device)

@@ -26,6 +26,7 @@ from bge_rerank_integrations.langchain import BGECrossEncoder, BGERerankCompress
 from bge_rerank_integrations.reranker import sigmoid
 
 from .corpus import QUERY, TEXTS
+from .recording import RecordingReranker
 
 ROOT = Path(__file__).resolve().parents[2]
 IDS = [f"doc-{i}" for i in range(len(TEXTS))]
@@ -409,3 +410,223 @@ def test_example_runs_offline(model: str, core: Reranker) -> None:
     assert lines[0] == f"query: {QUERY}"
     best = [r.index for r in core.rank(QUERY, example.TEXTS, top_n=3)]
     assert [line.split("]")[0].split("[")[1] for line in lines[1:]] == [f"doc-{i}" for i in best]
+
+
+# --- options assigned after construction --------------------------------------------------------
+
+
+def test_top_n_assigned_after_construction_is_checked(model: str) -> None:
+    compressor = BGERerankCompressor(model=model, top_n=3)
+    with pytest.raises(ValidationError, match="top_n must be >= 1, got -1"):
+        compressor.top_n = -1
+    with pytest.raises(TypeError, match="top_n must be an int or None, got float"):
+        compressor.top_n = 2.5  # type: ignore[assignment]
+    assert compressor.top_n == 3  # a refused assignment changes nothing
+    compressor.top_n = None
+    assert len(compressor.compress_documents(make_docs(), QUERY)) == len(TEXTS)
+    encoder = BGECrossEncoder(model=model)
+    with pytest.raises(ValidationError, match="normalize"):
+        encoder.normalize = "sometimes"  # type: ignore[assignment]
+
+
+@pytest.mark.asyncio
+@pytest.mark.parametrize("top_n", [0, -1])
+async def test_top_n_copied_in_unchecked_fails_at_call_time(model: str, top_n: int) -> None:
+    # model_copy(update=...) skips pydantic validation; the call must not return 7 of 8 documents, or none
+    compressor = BGERerankCompressor(model=model).model_copy(update={"top_n": top_n})
+    retriever = ContextualCompressionRetriever(base_compressor=compressor, base_retriever=base_retriever())
+    message = f"top_n must be >= 1, got {top_n}"
+    with pytest.raises(ValueError, match=message):
+        retriever.invoke(QUERY)
+    with pytest.raises(ValueError, match=message):
+        await retriever.ainvoke(QUERY)
+    with pytest.raises(ValueError, match=message):
+        compressor.rerank(TEXTS, QUERY)
+    with pytest.raises(ValueError, match=message):
+        await compressor.arerank(TEXTS, QUERY)
+    assert len(compressor.rerank(TEXTS, QUERY, top_n=2)) == 2  # an explicit top_n is used instead
+
+
+# --- rerank(), as CohereRerank has it ------------------------------------------------------------
+
+
+def cohere_style_top_docs(
+    reranker: Any, docs: Sequence[Any], query: str, *, rank_fields: Sequence[str] | None = None
+) -> list[tuple[Any, float]]:
+    """Code written against ``CohereRerank.rerank`` (its calls and result keys), run on any reranker."""
+    response = reranker.rerank(docs, query, rank_fields=rank_fields, top_n=2)
+    return [(docs[r["index"]], r["relevance_score"]) for r in response]
+
+
+def test_rerank_strings_like_the_core(model: str, core: Reranker) -> None:
+    compressor = BGERerankCompressor(model=model)  # top_n=3
+    result = compressor.rerank(TEXTS, QUERY)
+    want = core.rank(QUERY, TEXTS, normalize=True)
+    assert [set(r) for r in result] == [{"index", "relevance_score"}] * 3  # the instance's top_n
+    assert [r["index"] for r in result] == [w.index for w in want[:3]]
+    assert all(type(r["index"]) is int and type(r["relevance_score"]) is float for r in result)
+    assert [r["relevance_score"] for r in result] == pytest.approx([w.score for w in want[:3]], rel=1e-6)
+    assert [r["index"] for r in compressor.rerank(TEXTS, QUERY, top_n=None)] == [w.index for w in want]
+    assert len(compressor.rerank(TEXTS, QUERY, top_n=5)) == 5
+    raw = BGERerankCompressor(model=model, normalize=False).rerank(TEXTS, QUERY, top_n=1)
+    assert raw[0]["relevance_score"] == pytest.approx(core.score(QUERY, TEXTS)[want[0].index], rel=1e-6)
+
+
+def test_code_written_for_cohere_rerank_runs_unchanged(model: str, core: Reranker) -> None:
+    docs = [
+        {"content": "This document is about Penguins.", "subject": "Physics"},
+        {"content": "This document is about Physics.", "subject": "Penguins"},
+        {"content": "Emperor penguins breed in the Antarctic winter.", "subject": "Birds"},
+    ]
+    got = cohere_style_top_docs(BGERerankCompressor(model=model), docs, "penguins", rank_fields=["content"])
+    texts = [f"content: {d['content']}" for d in docs]
+    want = core.rank("penguins", texts, top_n=2, normalize=True)
+    assert [d for d, _ in got] == [docs[w.index] for w in want]
+    assert [s for _, s in got] == pytest.approx([w.score for w in want], rel=1e-6)
+    documents = [Document(page_content=d["content"]) for d in docs]  # Cohere's tests rank Documents too
+    got_docs = cohere_style_top_docs(BGERerankCompressor(model=model), documents, "penguins")
+    assert [d.page_content for d, _ in got_docs] == [
+        documents[w.index].page_content
+        for w in core.rank("penguins", [d["content"] for d in docs], top_n=2, normalize=True)
+    ]
+
+
+@pytest.mark.asyncio
+async def test_rerank_scores_dicts_strings_and_documents_as_documented(model: str) -> None:
+    recorder = RecordingReranker(model)
+    compressor = BGERerankCompressor(reranker=recorder, top_n=None, metadata_fields=["title"])
+    docs: list[Any] = [
+        {"title": "Pandas", "body": "They eat bamboo.", "year": 2024, "tags": ["bear", "熊猫"], "note": None},
+        {"body": "No title here.", "flag": False},
+        "A plain string is scored as it is.",
+        Document(page_content="A document.", metadata={"title": "Doc title", "body": "not scored"}),
+        {"other": "none of the fields"},
+    ]
+    compressor.rerank(docs, QUERY)  # every key, in the dict's order; None values left out
+    assert recorder.calls[-1] == (
+        QUERY,
+        [
+            'title: Pandas\nbody: They eat bamboo.\nyear: 2024\ntags: ["bear", "熊猫"]',
+            "body: No title here.\nflag: false",
+            "A plain string is scored as it is.",
+            "Doc title\nA document.",  # a Document as compress_documents scores it: metadata_fields
+            "other: none of the fields",
+        ],
+    )
+    fields_texts = [
+        "body: They eat bamboo.\ntitle: Pandas",
+        "body: No title here.",
+        "A plain string is scored as it is.",
+        "Doc title\nA document.",  # rank_fields do not apply to a Document
+        "",  # a dict with none of the fields is scored as an empty text, not dropped
+    ]
+    result = compressor.rerank(docs, QUERY, rank_fields=["body", "missing", "title", "body"])
+    assert recorder.calls[-1] == (QUERY, fields_texts)
+    assert sorted(r["index"] for r in result) == list(range(len(docs)))
+    assert await compressor.arerank(docs, QUERY, rank_fields=["body", "title"]) == result
+    assert recorder.calls[-1] == (QUERY, fields_texts)
+    compressor.rerank(docs, QUERY, rank_fields=[])  # empty means every key, as with CohereRerank
+    assert recorder.calls[-1][1][0].startswith("title: Pandas\nbody:")
+
+
+def test_rerank_and_compress_documents_agree(model: str) -> None:
+    compressor = BGERerankCompressor(model=model, top_n=4, metadata_fields=["title"])
+    docs = make_docs()
+    compressed = compressor.compress_documents(docs, QUERY)
+    ranked = compressor.rerank(docs, QUERY)
+    assert [d.id for d in compressed] == [docs[r["index"]].id for r in ranked]
+    assert [d.metadata["relevance_score"] for d in compressed] == [r["relevance_score"] for r in ranked]
+
+
+@pytest.mark.asyncio
+async def test_rerank_of_nothing_loads_nothing(model: str) -> None:
+    compressor = BGERerankCompressor(model=model, max_batch_tokens=1112)  # settings no other test uses
+    assert compressor.rerank([], QUERY) == []
+    assert await compressor.arerank([], QUERY, rank_fields=["content"]) == []
+    assert not compressor.reranker.is_loaded
+
+
+@pytest.mark.parametrize(
+    ("documents", "kwargs", "error", "message"),
+    [
+        ([TEXTS[0], 3], {}, TypeError, r"documents\[1\] must be a str, a dict or a Document, got int"),
+        ([None], {}, TypeError, r"documents\[0\] must be a str, a dict or a Document, got NoneType"),
+        ("one string", {}, TypeError, "documents must be a sequence, got str"),
+        ([TEXTS[0]], {"rank_fields": "content"}, TypeError, "rank_fields must be a list of keys"),
+        ([TEXTS[0]], {"rank_fields": ["content", 1]}, TypeError, r"rank_fields\[1\] must be a str"),
+        ([TEXTS[0]], {"top_n": 0}, ValueError, "top_n must be >= 1, got 0"),
+        ([TEXTS[0]], {"top_n": "2"}, TypeError, "top_n must be an int or None"),
+    ],
+)
+def test_rerank_bad_input_is_named(
+    model: str, documents: Any, kwargs: dict[str, Any], error: type[Exception], message: str
+) -> None:
+    with pytest.raises(error, match=message):
+        BGERerankCompressor(model=model).rerank(documents, QUERY, **kwargs)
+
+
+def test_rerank_query_must_be_a_string(model: str) -> None:
+    with pytest.raises(TypeError, match="query must be a str"):
+        BGERerankCompressor(model=model).rerank(TEXTS, None)  # type: ignore[arg-type]
+
+
+def test_compress_documents_names_a_non_document(model: str) -> None:
+    with pytest.raises(TypeError, match=r"documents\[1\] must be a Document, got str"):
+        BGERerankCompressor(model=model).compress_documents([make_docs()[0], "text"], QUERY)  # type: ignore[list-item]
+
+
+# --- metadata is deep-copied ---------------------------------------------------------------------
+
+
+@pytest.mark.asyncio
+async def test_returned_metadata_is_a_deep_copy(model: str) -> None:
+    docs = [
+        Document(
+            page_content=t, id=f"n{i}", metadata={"source": {"path": f"f{i}.txt", "tags": ["a"]}, "n": i}
+        )
+        for i, t in enumerate(TEXTS[:4])
+    ]
+    before = copy.deepcopy(docs)
+    compressor = BGERerankCompressor(model=model, top_n=None)
+    retriever = ContextualCompressionRetriever(
+        base_compressor=compressor, base_retriever=ListRetriever(docs=docs)
+    )
+    for result in (retriever.invoke(QUERY), await retriever.ainvoke(QUERY)):
+        assert len(result) == len(docs)
+        for out in result:
+            out.metadata["source"]["tags"].append("changed downstream")
+            out.metadata["source"]["path"] = "elsewhere"
+        assert docs == before  # the caller's nested metadata is untouched
+        assert result[0].metadata["source"]["tags"] == ["a", "changed downstream"]
+
+
+class ListRetriever(BaseRetriever):
+    """A retriever that returns the caller's own document objects, as a custom retriever may."""
+
+    docs: list[Document]
+
+    def _get_relevant_documents(self, query: str, *, run_manager: Any) -> list[Document]:
+        return self.docs
+
+
+# --- packaging of the extra ----------------------------------------------------------------------
+
+
+def test_the_langchain_extra_provides_every_langchain_module_the_docs_import() -> None:
+    import importlib.metadata
+    import re
+    import tomllib
+
+    from packaging.requirements import Requirement
+
+    extra = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["optional-dependencies"]
+    names = {Requirement(r).name for r in extra["langchain"]}
+    sources = [ROOT / "README.md", ROOT / "examples" / "langchain_example.py"]
+    modules = {m for path in sources for m in re.findall(r"^\s*from (langchain_\w+)", path.read_text(), re.M)}
+    assert "langchain_classic" in modules  # ContextualCompressionRetriever lives there
+    distributions = importlib.metadata.packages_distributions()
+    for module in sorted(modules):
+        assert {d.lower() for d in distributions[module]} & names, f"{module} is not in the langchain extra"
+    for name in names:  # and what is installed here satisfies the declared ranges
+        requirement = next(Requirement(r) for r in extra["langchain"] if Requirement(r).name == name)
+        assert requirement.specifier.contains(importlib.metadata.version(name))

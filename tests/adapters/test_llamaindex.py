@@ -31,6 +31,7 @@ from bge_rerank_integrations import ModelLoadError, Reranker
 from bge_rerank_integrations.llamaindex import BGERerank
 
 from .corpus import QUERY, TEXTS
+from .recording import RecordingReranker
 
 ROOT = Path(__file__).resolve().parents[2]
 IDS = [f"node-{i}" for i in range(len(TEXTS))]
@@ -386,6 +387,54 @@ def test_meta_fields_are_prepended_to_the_scored_text(model: str, core: Reranker
     texts = [f"Title {i} | {i} | {text}" for i, text in enumerate(TEXTS)]
     texts[1] = f"1 | {TEXTS[1]}"
     check_result(result, nodes, expected(core, texts))
+
+
+@pytest.mark.asyncio
+@pytest.mark.parametrize("mode", [MetadataMode.EMBED, MetadataMode.ALL, MetadataMode.LLM])
+async def test_meta_fields_are_scored_once_whatever_the_metadata_mode(model: str, mode: MetadataMode) -> None:
+    # Without the rule, EMBED gave "Title 0\ntitle: Title 0\npage: 0\n\n<text>": the title twice.
+    recorder = RecordingReranker(model)
+    rerank = BGERerank(reranker=recorder, top_n=2, metadata_mode=mode, meta_fields_to_embed=["title"])
+    nodes = make_nodes()
+    want = [f"Title {i}\n{text}" for i, text in enumerate(TEXTS)]
+    rerank.postprocess_nodes(nodes, query_str=QUERY)
+    await rerank.apostprocess_nodes(nodes, query_str=QUERY)
+    assert recorder.calls == [(QUERY, want), (QUERY, want)]
+    BGERerank(reranker=recorder, top_n=2, metadata_mode=mode, meta_fields_to_embed=[]).postprocess_nodes(
+        nodes, query_str=QUERY
+    )
+    assert recorder.calls[-1] == (QUERY, TEXTS)  # an empty list: no metadata at all
+
+
+def test_without_meta_fields_the_metadata_mode_text_is_scored_as_is(model: str) -> None:
+    recorder = RecordingReranker(model)
+    nodes = make_nodes()
+    BGERerank(reranker=recorder, top_n=2).postprocess_nodes(nodes, query_str=QUERY)
+    assert recorder.calls[-1][1][0] == f"title: Title 0\npage: 0\n\n{TEXTS[0]}"  # "secret" is excluded
+    assert recorder.calls[-1] == (QUERY, embed_texts(nodes))
+    BGERerank(reranker=recorder, top_n=2, metadata_mode=MetadataMode.ALL).postprocess_nodes(
+        nodes, query_str=QUERY
+    )
+    assert recorder.calls[-1][1][0] == f"title: Title 0\npage: 0\nsecret: x\n\n{TEXTS[0]}"
+
+
+def test_a_query_engine_scores_meta_fields_once(model: str, core: Reranker) -> None:
+    recorder = RecordingReranker(model)
+    documents = [
+        Document(text=text, id_=f"doc-{i}", metadata={"title": f"T{i}", "source": f"doc-{i}.txt"})
+        for i, text in enumerate(TEXTS)
+    ]
+    index = VectorStoreIndex.from_documents(documents, embed_model=MockEmbedding(embed_dim=8))
+    rerank = BGERerank(reranker=recorder, top_n=3, meta_fields_to_embed=["title"], meta_separator=" | ")
+    engine = index.as_query_engine(llm=MockLLM(), similarity_top_k=len(TEXTS), node_postprocessors=[rerank])
+    response = engine.query(QUERY)
+    ((query, texts),) = recorder.calls
+    assert query == QUERY
+    by_title = {f"T{i}": text for i, text in enumerate(TEXTS)}
+    assert sorted(texts) == sorted(f"{title} | {text}" for title, text in by_title.items())
+    scores = core.score(QUERY, texts, normalize=True)
+    want = sorted(scores, reverse=True)[:3]
+    assert [n.score for n in response.source_nodes] == pytest.approx(want, rel=1e-6)
 
 
 def test_metadata_mode_none_scores_the_bare_text(model: str, core: Reranker) -> None:

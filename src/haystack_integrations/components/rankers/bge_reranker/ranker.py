@@ -8,11 +8,12 @@ with the same settings share one loaded model per process.
 from __future__ import annotations
 
 import asyncio
+import copy
 import dataclasses
 import math
 import os
 from collections.abc import Sequence
-from typing import Any
+from typing import Any, Literal
 
 try:
     from haystack import Document, component, default_from_dict, default_to_dict
@@ -42,14 +43,25 @@ _DEFAULT_TOKEN = Secret.from_env_var(["HF_API_TOKEN", "HF_TOKEN"], strict=False)
 _PARAMETERS = tuple("api_key" if name == "api_key_env" else name for name in MODEL_SETTINGS)
 """The init parameters that are core model settings: the core's, with the API key as a ``Secret``."""
 
+_HF_KWARGS = ("model_kwargs", "tokenizer_kwargs", "config_kwargs")
+"""sentence-transformers ranker parameters taken only empty, so its saved pipelines load unchanged."""
+
 
 @component
 class BGERanker:
     """Rerank documents against a query with bge-reranker-v2-m3 (or any one-label cross-encoder).
 
     A drop-in for Haystack's cross-encoder rankers: same ``top_k``, ``scale_score``,
-    ``score_threshold`` and ``meta_fields_to_embed`` conventions, reference-exact scores from the
-    shared core, and one model in memory however many rankers a process builds with the same settings.
+    ``score_threshold``, ``meta_fields_to_embed`` and prefix/suffix conventions, reference-exact
+    scores from the shared core, and one model in memory however many rankers a process builds with
+    the same settings. A pipeline saved with ``SentenceTransformersSimilarityRanker`` loads with this
+    component by changing only its ``type:`` line (its ``backend: torch``, ``batch_size`` and empty
+    ``*_kwargs`` are accepted as they are saved).
+
+    The scored pair of each document is
+    ``(query_prefix + query + query_suffix,
+    document_prefix + embedding_separator.join([*meta values, content]) + document_suffix)``,
+    the meta values being those of ``meta_fields_to_embed`` that are present and not ``None``.
 
     Usage example:
 
@@ -76,9 +88,13 @@ class BGERanker:
         self,
         *,
         model: str | os.PathLike[str] = DEFAULT_MODEL,
-        device: ComponentDevice | None = None,
+        device: ComponentDevice | str | None = None,
         token: Secret | None = _DEFAULT_TOKEN,
         top_k: int = 10,
+        query_prefix: str = "",
+        query_suffix: str = "",
+        document_prefix: str = "",
+        document_suffix: str = "",
         scale_score: bool = True,
         score_threshold: float | None = None,
         meta_fields_to_embed: Sequence[str] | None = None,
@@ -95,13 +111,17 @@ class BGERanker:
         cache_dir: str | None = None,
         local_files_only: bool | None = None,
         trust_remote_code: bool | None = None,
-        backend: BackendName | None = None,
+        backend: BackendName | Literal["torch"] | None = None,
         base_url: str | None = None,
         api_key: Secret | None = None,
         request_timeout: float | None = None,
         max_concurrent_requests: int | None = None,
         max_texts_per_request: int | None = None,
         verify_tls: bool | None = None,
+        batch_size: int | None = None,
+        model_kwargs: dict[str, Any] | None = None,
+        tokenizer_kwargs: dict[str, Any] | None = None,
+        config_kwargs: dict[str, Any] | None = None,
         reranker: Reranker | None = None,
     ) -> None:
         """Store the settings; nothing is loaded or contacted until :meth:`warm_up` or the first :meth:`run`.
@@ -111,10 +131,15 @@ class BGERanker:
 
         :param model: Hugging Face model id or local folder of the cross-encoder (with a remote
             ``backend``, the model name the server is asked for).
-        :param device: Device to run on; ``None`` lets the core pick cuda, then mps, then cpu (and
+        :param device: Device to run on, as a ``ComponentDevice`` or a string such as ``"cuda:0"``
+            (saved as a ``ComponentDevice``); ``None`` lets the core pick cuda, then mps, then cpu (and
             stays ``None`` when saved, so a pipeline saved on a GPU box still loads on a CPU one).
         :param token: Hugging Face token for private models (see the note on tokens below).
         :param top_k: Most documents to return; must be >= 1.
+        :param query_prefix: Put before the query in every scored pair (an instruction, say).
+        :param query_suffix: Put after the query in every scored pair.
+        :param document_prefix: Put before each document's text (its meta values and content).
+        :param document_suffix: Put after each document's text.
         :param scale_score: ``True`` gives sigmoid scores in (0, 1); ``False`` the raw logits.
         :param score_threshold: Keep only documents scoring at least this (after ``scale_score``).
         :param meta_fields_to_embed: Meta fields whose values are put before the content, each
@@ -134,7 +159,8 @@ class BGERanker:
         :param cache_dir: Hub cache folder.
         :param local_files_only: Never reach the Hub (core default ``False``).
         :param trust_remote_code: Run model code from the Hub (core default ``False``; not needed).
-        :param backend: ``"local"`` (default: torch in this process), or a serving engine's
+        :param backend: ``"local"`` (default: torch in this process; ``"torch"``, as the
+            sentence-transformers ranker saves it, means the same), or a serving engine's
             ``/rerank``: ``"tei"``, ``"vllm"``, ``"infinity"`` or ``"cohere"``.
         :param base_url: Root URL of the serving engine (needed by every remote backend but ``"cohere"``).
         :param api_key: The serving engine's API key, as ``Secret.from_env_var(...)``: the core reads
@@ -144,10 +170,18 @@ class BGERanker:
         :param max_concurrent_requests: Remote requests in flight at once, across all calls (core default 4).
         :param max_texts_per_request: Passages per remote request (core default: the engine's limit).
         :param verify_tls: Verify the serving engine's TLS certificate (core default ``True``).
+        :param batch_size: Taken (an int >= 1) and saved so that a sentence-transformers ranker's
+            pipeline loads unchanged; it changes nothing: the core cuts batches by token count
+            (``max_batch_tokens``), not by document count.
+        :param model_kwargs: Likewise taken only as ``None`` or ``{}``: use the settings above
+            (``dtype``, ``revision``, ``trust_remote_code``, ...) instead.
+        :param tokenizer_kwargs: Taken only as ``None`` or ``{}`` (see ``model_kwargs``).
+        :param config_kwargs: Taken only as ``None`` or ``{}`` (see ``model_kwargs``).
         :param reranker: A ready core :class:`~bge_rerank_integrations.Reranker` to use instead of
             the model settings above. A component built this way cannot be saved (``to_dict`` raises).
-        :raises ValueError: ``top_k`` < 1, a setting out of range, a device map given as ``device``,
-            a token ``Secret`` given as ``api_key``, or model settings given together with ``reranker``.
+        :raises ValueError: ``top_k`` < 1, a setting out of range, a device map or an unknown device
+            string given as ``device``, a token ``Secret`` given as ``api_key``, a sentence-transformers
+            option this component cannot honour, or model settings given together with ``reranker``.
         :raises TypeError: an argument of the wrong type.
 
         Note on tokens: ``token`` defaults to the ``HF_API_TOKEN`` or ``HF_TOKEN`` environment
@@ -160,16 +194,28 @@ class BGERanker:
             raise TypeError(
                 f"meta_fields_to_embed must be a list of field names, got {meta_fields_to_embed!r}"
             )
-        if not isinstance(embedding_separator, str):
-            raise TypeError(f"embedding_separator must be a str, got {type(embedding_separator).__name__}")
-        if device is not None and device.has_multiple_devices:
-            raise ValueError("device must be a single device: BGERanker runs on one device, got a device map")
+        for name, value in (
+            ("embedding_separator", embedding_separator),
+            ("query_prefix", query_prefix),
+            ("query_suffix", query_suffix),
+            ("document_prefix", document_prefix),
+            ("document_suffix", document_suffix),
+        ):
+            if not isinstance(value, str):
+                raise TypeError(f"{name} must be a str, got {type(value).__name__}")
         _check_api_key(api_key)
+        _check_sentence_transformers_options(
+            backend, batch_size, model_kwargs, tokenizer_kwargs, config_kwargs
+        )
 
         self.model = os.fspath(model)
-        self.device = device
+        self.device = _component_device(device)
         self.token = token
         self.top_k = top_k
+        self.query_prefix = query_prefix
+        self.query_suffix = query_suffix
+        self.document_prefix = document_prefix
+        self.document_suffix = document_suffix
         self.scale_score = scale_score
         self.score_threshold = score_threshold
         self.meta_fields_to_embed = list(meta_fields_to_embed) if meta_fields_to_embed is not None else None
@@ -193,6 +239,10 @@ class BGERanker:
         self.max_concurrent_requests = max_concurrent_requests
         self.max_texts_per_request = max_texts_per_request
         self.verify_tls = verify_tls
+        self.batch_size = batch_size
+        self.model_kwargs = model_kwargs
+        self.tokenizer_kwargs = tokenizer_kwargs
+        self.config_kwargs = config_kwargs
         self._given_reranker = reranker
         self._reranker: Reranker | None = None
         if reranker is not None:
@@ -211,6 +261,8 @@ class BGERanker:
         given = {name: getattr(self, name) for name in MODEL_SETTINGS if name != "api_key_env"}
         given["device"] = self.device.to_torch_str() if self.device is not None else None
         given["api_key_env"] = _api_key_env(self.api_key)
+        if given["backend"] == "torch":
+            given["backend"] = "local"  # the sentence-transformers ranker's name for the same thing
         return {name: value for name, value in given.items() if value is not None}
 
     @property
@@ -252,6 +304,10 @@ class BGERanker:
             device=self.device,
             token=self.token,
             top_k=self.top_k,
+            query_prefix=self.query_prefix,
+            query_suffix=self.query_suffix,
+            document_prefix=self.document_prefix,
+            document_suffix=self.document_suffix,
             scale_score=self.scale_score,
             score_threshold=self.score_threshold,
             meta_fields_to_embed=self.meta_fields_to_embed,
@@ -275,6 +331,10 @@ class BGERanker:
             max_concurrent_requests=self.max_concurrent_requests,
             max_texts_per_request=self.max_texts_per_request,
             verify_tls=self.verify_tls,
+            batch_size=self.batch_size,
+            model_kwargs=self.model_kwargs,
+            tokenizer_kwargs=self.tokenizer_kwargs,
+            config_kwargs=self.config_kwargs,
         )
 
     @classmethod
@@ -310,7 +370,9 @@ class BGERanker:
         if not request.documents:
             return {"documents": []}
         self.warm_up()
-        results = self.reranker.rank(query, request.texts, top_n=request.top_k, normalize=request.scale_score)
+        results = self.reranker.rank(
+            request.query, request.texts, top_n=request.top_k, normalize=request.scale_score
+        )
         return {"documents": request.rebuild(results)}
 
     @component.output_types(documents=list[Document])
@@ -328,7 +390,7 @@ class BGERanker:
             return {"documents": []}
         await self.warm_up_async()
         results = await self.reranker.arank(
-            query, request.texts, top_n=request.top_k, normalize=request.scale_score
+            request.query, request.texts, top_n=request.top_k, normalize=request.scale_score
         )
         return {"documents": request.rebuild(results)}
 
@@ -354,10 +416,13 @@ class BGERanker:
         _check_threshold(score_threshold)
         unique = _deduplicate(documents)
         texts = [
-            text_with_meta(doc.content or "", doc.meta, self.meta_fields_to_embed, self.embedding_separator)
+            self.document_prefix
+            + text_with_meta(doc.content or "", doc.meta, self.meta_fields_to_embed, self.embedding_separator)
+            + self.document_suffix
             for doc in unique
         ]
         return _Request(
+            query=self.query_prefix + query + self.query_suffix,
             documents=unique,
             texts=texts,
             top_k=self.top_k if top_k is None else top_k,
@@ -368,8 +433,9 @@ class BGERanker:
 
 @dataclasses.dataclass(frozen=True)
 class _Request:
-    """One run's validated inputs: the unique documents, their texts and the resolved overrides."""
+    """One run's validated inputs: the scored query, the unique documents, their texts and the overrides."""
 
+    query: str
     documents: list[Document]
     texts: list[str]
     top_k: int
@@ -383,7 +449,8 @@ class _Request:
             if self.score_threshold is not None and result.score < self.score_threshold:
                 break  # results are sorted, so every later one is below the threshold too
             doc = self.documents[result.index]
-            ranked.append(dataclasses.replace(doc, score=float(result.score), meta=dict(doc.meta)))
+            # A deep copy: nested meta values of the output must not be the caller's own objects.
+            ranked.append(dataclasses.replace(doc, score=float(result.score), meta=copy.deepcopy(doc.meta)))
         return ranked
 
 
@@ -399,6 +466,48 @@ def _deduplicate(documents: Sequence[Document]) -> list[Document]:
 
 def _incoming(doc: Document) -> float:
     return doc.score if doc.score is not None else -math.inf
+
+
+def _component_device(device: object) -> ComponentDevice | None:
+    """``device`` as a single ``ComponentDevice`` (a string such as ``"cuda:0"`` is parsed), or ``None``."""
+    if device is None:
+        return None
+    if isinstance(device, str):
+        try:
+            device = ComponentDevice.from_str(device)
+        except ValueError as exc:
+            raise ValueError(
+                f"device must name a device such as 'cpu', 'cuda', 'cuda:1' or 'mps', got {device!r}"
+            ) from exc
+    if not isinstance(device, ComponentDevice):
+        raise TypeError(
+            f"device must be a ComponentDevice, a device string such as 'cuda:0', or None, "
+            f"got {type(device).__name__}"
+        )
+    if device.has_multiple_devices:
+        raise ValueError("device must be a single device: BGERanker runs on one device, got a device map")
+    return device
+
+
+def _check_sentence_transformers_options(backend: object, batch_size: object, *kwargs: object) -> None:
+    """Refuse sentence-transformers options that would silently mean something else here."""
+    if backend in ("onnx", "openvino"):
+        raise ValueError(
+            f"backend={backend!r} is a sentence-transformers backend; BGERanker runs the model with torch "
+            "('local', or 'torch' as that ranker saves it) or on a serving engine ('tei', 'vllm', "
+            "'infinity', 'cohere')"
+        )
+    if batch_size is not None:
+        if isinstance(batch_size, bool) or not isinstance(batch_size, int):
+            raise TypeError(f"batch_size must be an int or None, got {type(batch_size).__name__}")
+        if batch_size < 1:
+            raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+    for name, value in zip(_HF_KWARGS, kwargs, strict=True):
+        if value is not None and value != {}:
+            raise ValueError(
+                f"{name} is a sentence-transformers option BGERanker does not take, got {value!r}; "
+                "use its own settings (dtype, revision, trust_remote_code, max_length, ...) instead"
+            )
 
 
 def _check_api_key(api_key: object) -> None:
