@@ -148,3 +148,15 @@ def check(calls: Sequence[Call], expected: Sequence[list[float]], *, budget: flo
             assert call.scores == pytest.approx(expected[call.request], abs=tolerance), (
                 f"{call.caller}: request {call.request} got scores that are not its own"
             )
+
+
+def summary(name: str, calls: Sequence[Call], budget: float) -> str:
+    """One line for the reliability figures (printed; ``pytest -s`` shows it)."""
+    failed = [c for c in calls if c.error is not None]
+    longest = max((c.end - c.start for c in failed), default=0.0)
+    callers = len({c.caller for c in calls})
+    span = max(c.end for c in calls) - min(c.start for c in calls)
+    return (
+        f"{name}: {len(calls)} calls by {callers} callers over {span:.1f} s: {len(calls) - len(failed)} "
+        f"exact, {len(failed)} RemoteBackendError (longest {longest:.1f} s, bound {budget:.1f} s)"
+    )

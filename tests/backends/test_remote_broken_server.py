@@ -27,7 +27,7 @@ import pytest
 from bge_rerank_integrations import RemoteBackendError, Reranker
 from bge_rerank_integrations.backends import remote
 from bge_rerank_integrations.backends.remote import RemoteBackend, _RetryPolicy
-from tests.backends.faults import Callers, Request, assert_distinguishable, call_budget, check
+from tests.backends.faults import Callers, Request, assert_distinguishable, call_budget, check, summary
 
 REQUEST_TIMEOUT = 0.5
 CALLERS = 50
@@ -266,6 +266,7 @@ def test_fifty_threads_and_fifty_tasks_against_random_broken_replies(server: Bro
     check(calls, expected, budget=budget, tolerance=0.0)
     assert server.faults > 100
     assert sum(c.error is None for c in calls) > len(calls) // 2
+    print(summary("random broken replies", calls, budget), f"; {server.faults} of {server.requests} broken")
 
     server.fault_for = lambda n: None  # healthy again: every call succeeds
     for (query, passages), scores in zip(requests, expected, strict=True):
