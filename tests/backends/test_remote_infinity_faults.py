@@ -4,8 +4,10 @@ comes back on the same port, or freezes (SIGSTOP) past the request timeout and t
 Every call returns exactly its own scores (compared with the scores of its request taken while the
 server was healthy; the requests are distinct enough that another call's scores cannot pass) or
 raises ``RemoteBackendError`` within its timeout plus the retry budget; every caller stops within that
-bound; calls made once the server is back all succeed. The server is this module's own, started from
-``BGE_INFINITY_VENV`` (see ``infinity_server.py``): skipped locally without it, failing in CI.
+bound; calls made once the server is back all succeed. A second freeze meets callers whose timeout
+is too short to outlast it, so the failing path is taken against a frozen server too. The server is
+this module's own, started from ``BGE_INFINITY_VENV`` (see ``infinity_server.py``): skipped locally
+without it, failing in CI.
 """
 
 from __future__ import annotations
@@ -34,6 +36,8 @@ pytestmark = pytest.mark.slow
 
 CALLERS = 50  # threads, and as many asyncio tasks, at once
 REQUEST_TIMEOUT = 2.0  # small, to keep the test short; the backoff is the backend's default
+IMPATIENT_TIMEOUT = 0.25  # callers whose four attempts and backoff (4.5 s at most) fit in a freeze of
+IMPATIENT_FREEZE_S = 6.0  # this long
 TEXTS_PER_REQUEST = 4  # calls of 5 to 8 passages become two requests, sent side by side
 HEALTHY_S = 2.0  # load before the fault and after the server is back
 
@@ -70,18 +74,22 @@ def make_requests(count: int, seed: int = 0) -> list[Request]:
     ]
 
 
-@pytest.fixture
-def loaded(server: InfinityServer, model_dir: Path) -> tuple[Reranker, list[Request], list[list[float]]]:
-    """A reranker with a slot for every request of every caller (so none queues behind another's
-    retries), the requests, and their scores taken one by one while the server is healthy."""
-    reranker = Reranker(
+def make_reranker(server: InfinityServer, model_dir: Path, request_timeout: float, callers: int) -> Reranker:
+    """A reranker with a slot for every request of every caller, so none queues behind another's retries."""
+    return Reranker(
         model_dir,
         backend="infinity",
         base_url=server.url,
-        request_timeout=REQUEST_TIMEOUT,
+        request_timeout=request_timeout,
         max_texts_per_request=TEXTS_PER_REQUEST,
-        max_concurrent_requests=2 * 2 * CALLERS,
+        max_concurrent_requests=2 * callers,
     )
+
+
+@pytest.fixture
+def loaded(server: InfinityServer, model_dir: Path) -> tuple[Reranker, list[Request], list[list[float]]]:
+    """A reranker for every caller, the requests, and their scores taken one by one while healthy."""
+    reranker = make_reranker(server, model_dir, REQUEST_TIMEOUT, 2 * CALLERS)
     requests = make_requests(61)
     expected = [reranker.score(query, passages) for query, passages in requests]
     assert_distinguishable(expected, TOLERANCE)
@@ -149,3 +157,32 @@ def test_a_freeze_past_the_request_timeout_then_a_thaw_under_load(
     assert after, "no call was made after the thaw"
     assert [c for c in after if c.error is not None] == []
     print(summary("freeze and thaw", calls, budget), f"; {len(across)} calls across, {len(after)} after")
+
+
+def test_calls_that_cannot_outlast_a_freeze_fail_within_their_bound(
+    server: InfinityServer, model_dir: Path, loaded: tuple[Reranker, list[Request], list[list[float]]]
+) -> None:
+    # request_timeout 0.25 s: a call's four attempts and their backoff (4.5 s at most) fit inside the
+    # 6 s freeze, so every call made during it must fail, by timeouts, within its bound.
+    patient, requests, expected = loaded
+    reranker = make_reranker(server, model_dir, IMPATIENT_TIMEOUT, CALLERS)
+    budget = call_budget(reranker)
+    callers = Callers(reranker, requests, threads=CALLERS // 2, tasks=CALLERS // 2)
+    time.sleep(HEALTHY_S)
+    frozen = time.monotonic()
+    server.freeze()
+    time.sleep(IMPATIENT_FREEZE_S)
+    server.thaw()
+    thawed = time.monotonic()
+    calls = callers.stop(within=budget)
+
+    check(calls, expected, budget=budget, tolerance=TOLERANCE)
+    caught = [c for c in calls if frozen <= c.start and c.end <= thawed]
+    assert caught, "no call was made and ended during the freeze"
+    assert all(isinstance(c.error, RemoteBackendError) and c.error.status is None for c in caught)
+    assert all("no reply within request_timeout" in str(c.error) for c in caught)
+    # Every abandoned attempt waited in the frozen server's accept queue, and it computes them all
+    # after the thaw before anything new: a patient caller is served again once it has.
+    query, passages = requests[0]
+    assert patient.score(query, passages) == pytest.approx(expected[0], abs=TOLERANCE)
+    print(summary("freeze, impatient callers", calls, budget), f"; {len(caught)} made during the freeze")
