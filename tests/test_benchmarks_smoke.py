@@ -144,3 +144,49 @@ def test_unknown_ablation_variants_are_refused() -> None:
     for name in ("packed-none-synk", "packed-b512", "padded-x"):
         with pytest.raises(SystemExit, match="unknown variant"):
             make_variant(name, "unused")
+
+
+@pytest.mark.slow
+def test_soak_runs_and_reports_its_curve(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    from benchmarks.soak import main
+
+    args = ["--subject", "tiny", "--seconds", "2", "--sample-every", "0.5", "--warm-up", "0.5"]
+    args += [
+        "--queries",
+        "2",
+        "--passages",
+        "6",
+        "--models",
+        str(tmp_path / "models"),
+        "--out",
+        str(tmp_path),
+    ]
+    assert main(args) == 0
+    report = json.loads((tmp_path / "soak.json").read_text())
+    totals = report["totals"]
+    assert totals["calls"] > 0
+    assert totals["wrong"] == totals["errors"] == 0
+    assert totals["calls"] == totals["exact"] + totals["cancelled"] + totals["timed_out"]
+    assert report["reference_pairs"] == 2 * 12  # every query with every pool passage, scored alone
+    samples = report["samples"]
+    assert len(samples) >= 4
+    assert [s["t_s"] for s in samples] == sorted(s["t_s"] for s in samples)
+    assert all(s["threads"] >= 1 and s["rss_mib"] > 0 for s in samples)
+    summary = report["summary"]
+    assert summary["threads_running_max"] > summary["threads_before"]  # the callers were running
+    assert "| t (s) | calls |" in (tmp_path / "soak.md").read_text()
+    assert "0 wrong, 0 errors" in capsys.readouterr().out
+
+
+def test_soak_counts_a_wrong_score_as_wrong(model_dir: Path) -> None:
+    from benchmarks.soak import Soak
+
+    from bge_rerank_integrations import Reranker
+
+    soak = Soak(Reranker(model_dir, device="cpu"), ["q"], ["a", "b"], max_passages=2)
+    right = [soak.alone[("q", "a")], soak.alone[("q", "b")]]
+    soak.judge([("q", "a"), ("q", "b")], right)
+    soak.judge([("q", "a"), ("q", "b")], right[::-1])  # another call's order
+    soak.judge([("q", "a"), ("q", "b")], right[:1])  # a score missing
+    assert (soak.tally.exact, soak.tally.wrong) == (1, 2)
+    assert len(soak.tally.examples) == 2

@@ -1,34 +1,27 @@
 """The remote backend against a real serving engine: Infinity (infinity-emb) on loopback, serving the
 tiny random test model on the CPU, compared with the local backend on the same weights.
 
-Infinity pins old libraries, so it lives in a venv of its own: ``eval "$(.ci/infinity.sh)"`` creates
-one and exports ``BGE_INFINITY_VENV``. Without it these tests are skipped locally and fail in CI.
+The server is started from the venv named by ``BGE_INFINITY_VENV`` (see ``infinity_server.py``);
+without it these tests are skipped locally and fail in CI.
 """
 
 from __future__ import annotations
 
 import itertools
 import math
-import os
-import signal
-import socket
-import subprocess
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
-import httpx
 import pytest
 
 from bge_rerank_integrations import RemoteBackendError, Reranker
+from tests.backends.infinity_server import InfinityServer
 from tests.core.texts import LONG_PASSAGE, PASSAGES, QUERIES
 
 pytestmark = pytest.mark.slow
 
-VENV_VARIABLE = "BGE_INFINITY_VENV"
 KEY_VARIABLE = "BGE_TEST_INFINITY_KEY"
 API_KEY = "infinity-test-key-0c5e2d"
-READY_WITHIN_S = 180.0  # about 10 s on an idle machine; CI runners are shared
 
 # Infinity strips leading and trailing whitespace and truncates ``longest_first``, where the local
 # backend keeps whitespace and follows FlagReranker's rules: compare on texts that neither touches.
@@ -47,106 +40,18 @@ COMPARED_PASSAGES = [p for p in PASSAGES if p and p == p.strip()]
 TOLERANCE = 1e-4
 
 
-def _in_ci() -> bool:
-    return os.environ.get("CI", "").strip().lower() not in ("", "0", "false", "no")
-
-
-@pytest.fixture(scope="session")
-def infinity_executable() -> Path:
-    """``infinity_emb`` from the venv named by ``BGE_INFINITY_VENV``; skip locally, fail in CI."""
-    venv = os.environ.get(VENV_VARIABLE)
-    if not venv:
-        message = (
-            f'{VENV_VARIABLE} is not set: run `eval "$(.ci/infinity.sh)"` to install Infinity in its own '
-            "venv and export it, so the remote backend is tested against a real serving engine"
-        )
-        if _in_ci():
-            pytest.fail(message, pytrace=False)
-        pytest.skip(message)
-    executable = Path(venv) / "bin" / "infinity_emb"
-    if not executable.is_file():
-        pytest.fail(
-            f"{VENV_VARIABLE}={venv} has no bin/infinity_emb: rerun .ci/infinity.sh {venv}", pytrace=False
-        )
-    return executable
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port: int = s.getsockname()[1]
-        return port
-
-
-def _log_tail(path: Path, lines: int = 30) -> str:
-    return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
-
-
 @pytest.fixture(scope="session")
 def infinity_url(
     infinity_executable: Path, model_dir: Path, tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[str]:
     """Root URL of an Infinity server on 127.0.0.1 serving the test model; stopped after the session."""
-    port = _free_port()
-    url = f"http://127.0.0.1:{port}"
     log_path = tmp_path_factory.mktemp("infinity") / "server.log"
-    env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "PYTHONHOME", "VIRTUAL_ENV")}
-    env.update(HF_HUB_OFFLINE="1", DO_NOT_TRACK="1", INFINITY_ANONYMOUS_USAGE_STATS="0")
-    command = [
-        str(infinity_executable),
-        "v2",
-        "--model-id",
-        str(model_dir),
-        "--device",
-        "cpu",
-        "--engine",
-        "torch",
-        "--host",
-        "127.0.0.1",  # it binds to 0.0.0.0 unless told otherwise
-        "--port",
-        str(port),
-        "--api-key",
-        API_KEY,
-    ]
-    with log_path.open("wb") as log:
-        server = subprocess.Popen(
-            command, stdout=log, stderr=subprocess.STDOUT, env=env, start_new_session=True
-        )
+    server = InfinityServer(infinity_executable, model_dir, log_path, api_key=API_KEY)
     try:
-        deadline = time.monotonic() + READY_WITHIN_S
-        while True:
-            if server.poll() is not None:
-                pytest.fail(
-                    f"Infinity exited with {server.returncode}:\n{_log_tail(log_path)}", pytrace=False
-                )
-            try:
-                if httpx.get(f"{url}/health", timeout=2.0).status_code == 200:
-                    break
-            except httpx.TransportError:
-                pass
-            if time.monotonic() > deadline:
-                pytest.fail(
-                    f"Infinity not ready within {READY_WITHIN_S:g} s:\n{_log_tail(log_path)}", pytrace=False
-                )
-            time.sleep(0.5)
-        yield url
+        server.start()
+        yield server.url
     finally:
-        _stop(server)
-
-
-def _stop(server: subprocess.Popen[bytes]) -> None:
-    """Stop the server's process group: politely, then by force, with bounded waits."""
-    for sig, wait_s in ((signal.SIGTERM, 20.0), (signal.SIGKILL, 10.0)):
-        if server.poll() is not None:
-            return
-        try:
-            os.killpg(server.pid, sig)
-        except ProcessLookupError:
-            return
-        try:
-            server.wait(timeout=wait_s)
-        except subprocess.TimeoutExpired:
-            continue
+        server.stop()
 
 
 @pytest.fixture

@@ -30,7 +30,7 @@ import random
 import re
 import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import FIRST_EXCEPTION, Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass
 from typing import Any, ClassVar
@@ -380,7 +380,7 @@ class RemoteBackend:
                 with self._slots:
                     if failed is not None and failed.is_set():
                         raise self._error("abandoned: another request of the same call failed")
-                    response = client.post(self._url, json=body)
+                    response = self._post(client, body)
             except (httpx.TimeoutException, httpx.NetworkError, httpx.RemoteProtocolError) as exc:
                 if attempt == attempts:
                     raise self._transport_error(exc, attempts) from exc
@@ -414,6 +414,19 @@ class RemoteBackend:
                 continue
             raise self._status_error(response, len(request.texts), attempt)
         raise AssertionError("unreachable: the last attempt returns or raises")
+
+    def _post(self, client: httpx.Client, body: dict[str, Any]) -> httpx.Response:
+        """POST ``body`` and read the whole reply, abandoned once it has taken ``request_timeout``.
+
+        httpx's timeout bounds each network operation, not the request (encode/httpx#1450): a reply
+        whose bytes trickle in, each within the timeout, would hold the call for ever without this.
+        """
+        deadline = time.monotonic() + self.config.request_timeout
+        with client.stream("POST", self._url, json=body) as response:
+            assert isinstance(response.stream, httpx.SyncByteStream)
+            response.stream = _Deadline(response.stream, deadline, response.request)
+            response.read()
+        return response
 
     def _retry_after(self, response: httpx.Response) -> float | None:
         """Seconds asked for by ``Retry-After`` (seconds or an HTTP date), capped; ``None`` if absent."""
@@ -510,6 +523,24 @@ class RemoteBackend:
             status=response.status_code if response is not None else None,
             body=response.text if response is not None else "",
         )
+
+
+class _Deadline(httpx.SyncByteStream):
+    """A reply's body that raises ``httpx.ReadTimeout`` (retried like any timeout) past a deadline."""
+
+    def __init__(self, stream: httpx.SyncByteStream, deadline: float, request: httpx.Request) -> None:
+        self._stream = stream
+        self._deadline = deadline
+        self._request = request
+
+    def __iter__(self) -> Iterator[bytes]:
+        for chunk in self._stream:
+            if time.monotonic() > self._deadline:
+                raise httpx.ReadTimeout("the reply took longer than request_timeout", request=self._request)
+            yield chunk
+
+    def close(self) -> None:
+        self._stream.close()
 
 
 def _logit(p: float) -> float:
