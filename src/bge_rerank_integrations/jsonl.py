@@ -82,7 +82,9 @@ def parse_request(number: int, raw: bytes, *, keep_fields: bool = False) -> Requ
     """
     text = _decode(number, raw).rstrip("\r\n")
     if text.startswith("\ufeff"):
-        raise BadRecord("a byte-order mark (U+FEFF) starts the line; only the input's first line may have one")
+        raise BadRecord(
+            "a byte-order mark (U+FEFF) starts the line; only the input's first line may have one"
+        )
     try:
         record = json.loads(text, parse_constant=_reject_constant)
     except json.JSONDecodeError as exc:

@@ -81,11 +81,12 @@ def resolve_device(device: str | None) -> torch.device:
     except (RuntimeError, TypeError):
         raise ValueError(
             f"invalid device {device!r}: expected cpu, cuda, cuda:N, mps or xpu:N; "
-            f"available here: {', '.join(available)}"
+            f"available: {', '.join(available)}"
         ) from None
     kinds = {name.partition(":")[0] for name in available}
+    indexed = f"{parsed.type}:{parsed.index}"
     if parsed.type == "cpu" or (
-        parsed.type in kinds and (parsed.index is None or f"{parsed.type}:{parsed.index}" in available)
+        parsed.type in kinds and (parsed.index is None or indexed in available or indexed == "mps:0")
     ):
         return parsed
     raise ValueError(
