@@ -37,19 +37,19 @@ def main() -> None:
         "--model", default=DEFAULT_MODEL, help="model id or local folder (default: %(default)s)"
     )
     parser.add_argument("--query", default="What do giant pandas eat?")
-    parser.add_argument("--top", type=int, default=3)
+    parser.add_argument("--top-n", type=int, default=3, help="passages each framework keeps")
     args = parser.parse_args()
     ids = [f"doc-{i}" for i in range(len(TEXTS))]
 
-    llama = BGERerank(model=args.model, top_n=args.top)
+    llama = BGERerank(model=args.model, top_n=args.top_n)
     nodes = [NodeWithScore(node=TextNode(id_=i, text=t)) for i, t in zip(ids, TEXTS, strict=True)]
     llama_hits = [(n.node.node_id, n.score) for n in llama.postprocess_nodes(nodes, query_str=args.query)]
 
-    chain = BGERerankCompressor(model=args.model, top_n=args.top)
+    chain = BGERerankCompressor(model=args.model, top_n=args.top_n)
     docs = [LangChainDocument(id=i, page_content=t) for i, t in zip(ids, TEXTS, strict=True)]
     chain_hits = [(d.id, d.metadata["relevance_score"]) for d in chain.compress_documents(docs, args.query)]
 
-    ranker = BGERanker(model=args.model, top_k=args.top)
+    ranker = BGERanker(model=args.model, top_k=args.top_n)
     ranker.warm_up()
     hay_docs = [HaystackDocument(id=i, content=t) for i, t in zip(ids, TEXTS, strict=True)]
     hay_hits = [(d.id, d.score) for d in ranker.run(query=args.query, documents=hay_docs)["documents"]]

@@ -48,10 +48,10 @@ def main() -> None:
         "--model", default=DEFAULT_MODEL, help="model id or local folder (default: %(default)s)"
     )
     parser.add_argument("--query", default="What do giant pandas eat?")
-    parser.add_argument("--top-k", type=int, default=3)
+    parser.add_argument("--top-n", type=int, default=3, help="documents to keep (the ranker's top_k)")
     args = parser.parse_args()
 
-    pipeline = build_pipeline(args.model, args.top_k)
+    pipeline = build_pipeline(args.model, args.top_n)
     inputs = {"retriever": {"query": args.query}, "ranker": {"query": args.query}}
     ranked = pipeline.run(inputs)["ranker"]["documents"]
     print(f"query: {args.query}")

@@ -5,85 +5,168 @@
     bge-rerank make-test-model ./tiny-reranker         # a small random model, built offline
 
 Exit codes: 0 success, 1 the model could not be loaded, 2 bad arguments or bad input records
-(the good records of a file are still written; the bad line numbers go to stderr).
+(the good records of a file are still written; the bad line numbers go to stderr), 141 the reader
+of the output went away (``| head -1``; what the shell reports for coreutils there, 128 + SIGPIPE),
+130 interrupted.
 """
 
 from __future__ import annotations
 
 import argparse
-import json
+import contextlib
 import os
 import sys
 from collections.abc import Iterator, Sequence
-from typing import IO, Any
+from typing import IO, get_args
 
-from bge_rerank_integrations.config import BACKENDS, DEFAULT_MODEL
+from bge_rerank_integrations import __version__
+from bge_rerank_integrations.config import BACKENDS, LongPassages, RerankerConfig
 from bge_rerank_integrations.errors import ModelLoadError
-from bge_rerank_integrations.reranker import Reranker
+from bge_rerank_integrations.reranker import Reranker, check_top
 
 __all__ = ["main"]
 
 EXIT_OK, EXIT_LOAD_ERROR, EXIT_BAD_INPUT = 0, 1, 2
+EXIT_INTERRUPTED, EXIT_BROKEN_PIPE = 130, 141
+
+_DEFAULTS = RerankerConfig()
+
+RANK_FORMAT = """\
+input: JSON Lines in UTF-8, one request per line (blank lines skipped; a byte-order mark at the
+start of the input is skipped):
+  {"query": "...", "passages": ["...", ...], "id": ... (optional, any JSON), other fields}
+output: one line per good request, in input order:
+  {"line": N, "query": "...", "id": ... (if given), other fields (with --keep-fields),
+   "results": [{"index": I, "score": S, "text": "..." (with --include-text)}, ...]}
+  results are best first; index is the passage's position in "passages" (from 0); score is in
+  0..1 (the sigmoid of the logit), or the raw logit with --raw.
+A bad line (not UTF-8, not JSON, a missing or mistyped field, a lone surrogate such as "\\ud800")
+is reported on stderr with its number and skipped; the others are still written, and the exit
+code is 2."""
+
+
+def _progress_option(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--no-progress",
+        action="store_true",
+        help="no progress bars on stderr (model loading included); they show only on a terminal anyway",
+    )
 
 
 def _model_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
-        "--model", default=DEFAULT_MODEL, help=f"model id or local folder (default: {DEFAULT_MODEL})"
+        "--model", default=_DEFAULTS.model, help="hub model id or local folder (default: %(default)s)"
+    )
+    parser.add_argument(
+        "--local-files-only",
+        action="store_true",
+        help="never contact the Hugging Face hub: load a hub id from the local cache (as HF_HUB_OFFLINE=1)",
     )
     parser.add_argument(
         "--device",
-        default=None,
+        default=_DEFAULTS.device,
         help="cuda, cuda:1, mps or cpu (default: the best available); cuda:0,cuda:1 runs a replica on each",
     )
     parser.add_argument(
-        "--dtype", default="auto", help="auto (fp16 on CUDA, fp32 elsewhere), float32, float16, bfloat16"
+        "--dtype",
+        default=_DEFAULTS.dtype,
+        help="auto (fp16 on CUDA, fp32 elsewhere), float32, float16 or bfloat16 (default: %(default)s)",
     )
-    parser.add_argument("--max-length", type=int, default=512, help="tokens per (query, passage) pair")
-    parser.add_argument("--max-batch-tokens", type=int, default=16384, help="padded tokens per forward pass")
+    parser.add_argument(
+        "--max-length",
+        type=int,
+        default=_DEFAULTS.max_length,
+        help="tokens of a (query, passage) pair, special tokens included (default: %(default)s)",
+    )
+    parser.add_argument(
+        "--max-batch-tokens",
+        type=int,
+        default=_DEFAULTS.max_batch_tokens,
+        help="tokens per forward pass: real tokens for XLM-RoBERTa models such as bge-reranker-v2-m3, "
+        "padded tokens for others (default: %(default)s)",
+    )
     parser.add_argument("--top-n", type=int, default=None, help="keep only the best N passages")
     parser.add_argument("--raw", action="store_true", help="raw logits instead of sigmoid scores in 0..1")
     parser.add_argument(
         "--long-passages",
-        choices=["truncate", "window"],
-        default="truncate",
-        help="window: score overlapping windows of long passages and keep the best (slower)",
+        choices=get_args(LongPassages),
+        default=_DEFAULTS.long_passages,
+        help="window: score overlapping windows of long passages and keep the best (slower; "
+        "default: %(default)s)",
     )
-    parser.add_argument("--backend", choices=list(BACKENDS), default="local", help="where to score")
-    parser.add_argument("--base-url", default=None, help="serving engine URL (remote backends)")
-    parser.add_argument("--api-key-env", default=None, help="environment variable holding the API key")
+    parser.add_argument(
+        "--backend", choices=BACKENDS, default=_DEFAULTS.backend, help="where to score (default: %(default)s)"
+    )
+    parser.add_argument("--base-url", default=_DEFAULTS.base_url, help="serving engine URL (remote backends)")
+    parser.add_argument(
+        "--api-key-env", default=_DEFAULTS.api_key_env, help="environment variable holding the API key"
+    )
 
 
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
-        prog="bge-rerank", description="Rerank passages with bge-reranker-v2-m3."
+        prog="bge-rerank",
+        description="Rerank passages with bge-reranker-v2-m3.",
+        epilog="It needs the model: from the Hugging Face hub (downloaded once), or a local folder given "
+        "with --model. Offline: `bge-rerank make-test-model ./tiny` and --model ./tiny.",
     )
+    parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     commands = parser.add_subparsers(dest="command", required=True)
 
     query = commands.add_parser("query", help="rank passages given on the command line")
     query.add_argument("query")
     query.add_argument("passages", nargs="+")
     _model_options(query)
+    _progress_option(query)
 
     rank = commands.add_parser(
-        "rank", help="rank a JSONL file of {query, passages} records to JSONL on stdout"
+        "rank",
+        help="rank a JSONL file of {query, passages} records to JSONL on stdout",
+        description="Rank each request of a JSON Lines file; results go to stdout as JSON Lines.",
+        epilog=RANK_FORMAT,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     rank.add_argument("file", help="JSONL file, or - for standard input")
-    rank.add_argument("--no-progress", action="store_true", help="no progress bar on stderr")
+    rank.add_argument("--include-text", action="store_true", help='add each passage\'s "text" to its result')
+    rank.add_argument(
+        "--keep-fields",
+        action="store_true",
+        help="copy every other field of a request (all but query and passages) to its output; "
+        '"id" is always copied',
+    )
     _model_options(rank)
+    _progress_option(rank)
 
     build = commands.add_parser("make-test-model", help="write a small random reranker for offline tries")
     build.add_argument("folder")
-
-    # Listed for --help only: main() hands everything after "bench" to the suite's own parser.
-    commands.add_parser(
-        "bench",
-        help="run the CPU benchmark against FlagReranker and CrossEncoder (from a source checkout); "
-        "`bge-rerank bench --help` lists its options",
-    )
+    _progress_option(build)
     return parser
 
 
+def _bars_wanted(args: argparse.Namespace) -> bool:
+    """Progress bars are for a person watching: only when stderr is a terminal, unless turned off."""
+    return not args.no_progress and sys.stderr.isatty()
+
+
+@contextlib.contextmanager
+def _library_bars_off() -> Iterator[None]:
+    """Turn off the bars of ``transformers`` and ``huggingface_hub`` (model loading, downloads,
+    writing weights) for the duration, and restore them after."""
+    from huggingface_hub.utils.tqdm import disable_progress_bars
+    from transformers.utils import logging as transformers_logging
+
+    was_on = transformers_logging.is_progress_bar_enabled()
+    transformers_logging.disable_progress_bar()  # type: ignore[no-untyped-call]
+    try:
+        with disable_progress_bars():
+            yield
+    finally:
+        if was_on:
+            transformers_logging.enable_progress_bar()  # type: ignore[no-untyped-call]
+
+
 def _reranker(args: argparse.Namespace) -> Reranker:
+    check_top("top_n", args.top_n)  # before anything loads
     device = args.device.split(",") if args.device and "," in args.device else args.device
     return Reranker(
         args.model,
@@ -93,6 +176,7 @@ def _reranker(args: argparse.Namespace) -> Reranker:
         max_batch_tokens=args.max_batch_tokens,
         normalize=not args.raw,
         long_passages=args.long_passages,
+        local_files_only=args.local_files_only,
         backend=args.backend,
         base_url=args.base_url,
         api_key_env=args.api_key_env,
@@ -100,53 +184,39 @@ def _reranker(args: argparse.Namespace) -> Reranker:
 
 
 def _cmd_query(args: argparse.Namespace) -> int:
-    results = _reranker(args).rank(args.query, args.passages, top_n=args.top_n)
+    reranker = _reranker(args)
+    results = reranker.rank(args.query, args.passages, top_n=args.top_n)
     for rank, result in enumerate(results, start=1):
         print(f"{rank:>3}  {result.score:9.4f}  [{result.index}] {args.passages[result.index]}")
     return EXIT_OK
 
 
-def _records(stream: IO[str]) -> Iterator[tuple[int, str]]:
-    for number, line in enumerate(stream, start=1):
-        if line.strip():
-            yield number, line
-
-
-def _parse_record(line: str) -> tuple[str, list[str], Any]:
-    record = json.loads(line)
-    if not isinstance(record, dict):
-        raise ValueError("a record must be a JSON object with 'query' and 'passages'")
-    query, passages = record.get("query"), record.get("passages")
-    if not isinstance(query, str):
-        raise ValueError("'query' must be a string")
-    if not isinstance(passages, list) or not all(isinstance(p, str) for p in passages):
-        raise ValueError("'passages' must be a list of strings")
-    return query, passages, record.get("id")
-
-
 def _cmd_rank(args: argparse.Namespace) -> int:
+    from tqdm import tqdm
+
+    from bge_rerank_integrations.jsonl import BadRecord, count_records, parse_request, read_lines, result_line
+
     reranker = _reranker(args)
-    stream: IO[str] = sys.stdin if args.file == "-" else open(args.file, encoding="utf-8")  # noqa: SIM115
+    # The bar only when the results go elsewhere: on the same terminal they would cut through it.
+    progress = _bars_wanted(args) and not sys.stdout.isatty()
+    stream: IO[bytes] = sys.stdin.buffer if args.file == "-" else open(args.file, "rb")  # noqa: SIM115
+    out: IO[bytes] = sys.stdout.buffer
     bad: list[int] = []
     with stream:
-        records: Iterator[tuple[int, str]] = _records(stream)
-        if not args.no_progress and sys.stderr.isatty():
-            from tqdm import tqdm
-
-            records = tqdm(records, unit="query", file=sys.stderr)
-        for number, line in records:
-            try:
-                query, passages, record_id = _parse_record(line)
-            except ValueError as exc:  # json.JSONDecodeError is a ValueError
-                print(f"line {number}: {exc}", file=sys.stderr)
-                bad.append(number)
-                continue
-            results = reranker.rank(query, passages, top_n=args.top_n)
-            out: dict[str, Any] = {"line": number, "query": query}
-            if record_id is not None:
-                out["id"] = record_id
-            out["results"] = [{"index": r.index, "score": r.score} for r in results]
-            print(json.dumps(out, ensure_ascii=False), flush=False)
+        reranker.load()  # a load error comes first and alone, before any bar or record
+        total = count_records(stream) if progress else None
+        with tqdm(total=total, unit="query", file=sys.stderr, disable=not progress) as bar:
+            for number, raw in read_lines(stream):
+                try:
+                    request = parse_request(number, raw, keep_fields=args.keep_fields)
+                except BadRecord as exc:
+                    bar.write(f"line {number}: {exc}", file=sys.stderr)
+                    bad.append(number)
+                else:
+                    results = reranker.rank(request.query, request.passages, top_n=args.top_n)
+                    out.write(result_line(request, results, include_text=args.include_text))
+                    out.flush()  # a reader downstream sees each result as soon as it is ready
+                bar.update(1)
     if bad:
         print(f"{len(bad)} bad record(s), lines: {', '.join(map(str, bad))}", file=sys.stderr)
         return EXIT_BAD_INPUT
@@ -160,36 +230,33 @@ def _cmd_make_test_model(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
-def _bench(suite_args: list[str]) -> int:
-    if os.getcwd() not in sys.path:  # the console script's path starts at its own folder
-        sys.path.insert(0, os.getcwd())
+def _quiet_stdout() -> None:
+    """After the reader of stdout went away: send what is still buffered nowhere, without an error."""
     try:
-        from benchmarks.run import main as run_suite
-    except ImportError:
-        print(
-            "bge-rerank bench runs the suite in benchmarks/ of a source checkout: clone the repository, "
-            'run `pip install -e ".[dev]"` and call it from the checkout\'s root',
-            file=sys.stderr,
-        )
-        return EXIT_BAD_INPUT
-    if not any(a.startswith("--device") for a in suite_args):
-        suite_args += ["--device", "cpu"]
-    return run_suite(suite_args)
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+    except (OSError, ValueError):  # stdout has no file descriptor (captured in-process)
+        pass
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the ``bge-rerank`` command line; returns the exit code."""
-    given = list(sys.argv[1:] if argv is None else argv)
-    if given[:1] == ["bench"]:
-        return _bench(given[1:])
-    args = _parser().parse_args(given)
+    args = _parser().parse_args(argv)
     command = {
         "query": _cmd_query,
         "rank": _cmd_rank,
         "make-test-model": _cmd_make_test_model,
     }[args.command]
+    loads_model = args.command == "make-test-model" or args.backend == "local"
     try:
-        return command(args)
+        with _library_bars_off() if loads_model and not _bars_wanted(args) else contextlib.nullcontext():
+            return command(args)
+    except BrokenPipeError:  # `bge-rerank rank ... | head -1`: stop quietly, as coreutils do
+        _quiet_stdout()
+        return EXIT_BROKEN_PIPE
+    except KeyboardInterrupt:
+        print("bge-rerank: interrupted", file=sys.stderr)
+        return EXIT_INTERRUPTED
     except ModelLoadError as exc:
         print(f"bge-rerank: {exc}", file=sys.stderr)
         return EXIT_LOAD_ERROR

@@ -6,7 +6,8 @@
     ├── ModelLoadError      the model or tokenizer could not be found or is not a cross-encoder
     └── RemoteBackendError  a serving engine refused a request, failed, or sent a malformed reply
 
-Bad arguments raise the built-in ``ValueError`` and ``TypeError``.
+Bad arguments raise the built-in ``ValueError`` and ``TypeError`` (a device this machine does not
+have is a ``ValueError`` when the model loads).
 """
 
 from __future__ import annotations
@@ -22,7 +23,11 @@ class RerankError(Exception):
 
 
 class ModelLoadError(RerankError):
-    """The model could not be loaded: not found, unreachable, or not a one-label cross-encoder."""
+    """The model could not be loaded: not found, unreachable, or not a one-label cross-encoder.
+
+    The message says which and what to do; a failure inside the hub or ``transformers`` stays
+    chained as ``__cause__``, so a traceback still shows their own error.
+    """
 
 
 class RemoteBackendError(RerankError):

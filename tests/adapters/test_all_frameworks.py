@@ -16,7 +16,7 @@ def test_example_shares_one_model_and_agrees_across_frameworks(model_dir: Path) 
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "HAYSTACK_TELEMETRY_ENABLED": "False"}
     query = "What do giant pandas eat?"
     out = subprocess.run(
-        [sys.executable, str(EXAMPLE), "--model", str(model_dir), "--query", query, "--top", "3"],
+        [sys.executable, str(EXAMPLE), "--model", str(model_dir), "--query", query, "--top-n", "3"],
         capture_output=True,
         text=True,
         env=env,

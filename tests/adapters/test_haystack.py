@@ -712,7 +712,7 @@ def test_example_runs_offline_on_a_local_model(model_dir: Path) -> None:
     assert proc.returncode == 0, proc.stderr
     lines = proc.stdout.splitlines()
     assert lines[0] == "query: What do giant pandas eat?"
-    assert [line.split(".", 1)[0] for line in lines[1:4]] == ["1", "2", "3"]  # --top-k default 3
+    assert [line.split(".", 1)[0] for line in lines[1:4]] == ["1", "2", "3"]  # --top-n default 3
     assert lines[4] == "reloaded from YAML: same ranking = True"
 
 

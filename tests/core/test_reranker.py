@@ -199,9 +199,7 @@ def test_missing_model_gets_one_clear_error(tmp_path: Path) -> None:
     with pytest.raises(ModelLoadError, match="no such folder") as info:
         Reranker(tmp_path / "does-not-exist").load()
     assert "does-not-exist" in str(info.value)
-    assert "local folder" in str(info.value) or "pass that folder" in str(info.value)
-    assert info.value.__cause__ is None  # one clear error, not a chained hub traceback
-    assert info.value.__suppress_context__
+    assert info.value.__cause__ is None  # refused before the hub library was called: nothing to chain
 
     with pytest.raises(ModelLoadError, match="could not load the reranker model 'BAAI/bge-reranker-v2-m3'"):
         Reranker(local_files_only=True, cache_dir=str(tmp_path)).load()

@@ -17,9 +17,9 @@ import math
 import threading
 from collections.abc import Sequence
 from dataclasses import dataclass
-from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from bge_rerank_integrations.backends.model_source import check_model_name, load_error_message
 from bge_rerank_integrations.batching import padded_length, plan_batches, plan_packed_batches
 from bge_rerank_integrations.config import RerankerConfig
 from bge_rerank_integrations.errors import ModelLoadError
@@ -30,7 +30,7 @@ if TYPE_CHECKING:
 
     from bge_rerank_integrations.backends.packed import PackedForward
 
-__all__ = ["ForwardStats", "LocalBackend", "resolve_device"]
+__all__ = ["ForwardStats", "LocalBackend", "available_devices", "resolve_device"]
 
 logger = logging.getLogger(__name__)
 
@@ -59,27 +59,70 @@ class ForwardStats:
     forward_passes: int = 0
 
 
-_LOCAL_FOLDER_HINT = (
-    "If the Hugging Face hub is unreachable, download the model once where it is reachable "
-    "(for example `hf download BAAI/bge-reranker-v2-m3 --local-dir ./bge-reranker-v2-m3`) and pass "
-    "that folder as the model, or pass local_files_only=True to use an existing cache."
-)
-
-
 def resolve_device(device: str | None) -> torch.device:
-    """The device to run on: the one asked for, else cuda, then mps, then cpu."""
+    """The device to run on: the one asked for, else cuda, then mps, then cpu.
+
+    Raises:
+        ValueError: ``device`` is not a device name, or names a device this machine does not have
+            (``"cuda"`` without CUDA, ``"cuda:7"`` with one GPU, ``"mps"`` off Apple silicon); the
+            message lists the devices that are available.
+    """
     import torch
 
-    if device is not None:
-        try:
-            return torch.device(device)
-        except RuntimeError as exc:
-            raise ValueError(f"invalid device {device!r}: {exc}") from None
+    if device is None:
+        if torch.cuda.is_available():
+            return torch.device("cuda")
+        if torch.backends.mps.is_available():
+            return torch.device("mps")
+        return torch.device("cpu")
+    available = available_devices()
+    try:
+        parsed = torch.device(device)
+    except (RuntimeError, TypeError):
+        raise ValueError(
+            f"invalid device {device!r}: expected cpu, cuda, cuda:N, mps or xpu:N; "
+            f"available: {', '.join(available)}"
+        ) from None
+    kinds = {name.partition(":")[0] for name in available}
+    indexed = f"{parsed.type}:{parsed.index}"
+    if parsed.type == "cpu" or (
+        parsed.type in kinds and (parsed.index is None or indexed in available or indexed == "mps:0")
+    ):
+        return parsed
+    raise ValueError(
+        f"device {device!r} is not available on this machine{_why_unavailable(parsed)}; "
+        f"available: {', '.join(available)}"
+    )
+
+
+def available_devices() -> list[str]:
+    """The devices this process can run on: ``cpu``, then each CUDA GPU, mps and each XPU."""
+    import torch
+
+    found = ["cpu"]
     if torch.cuda.is_available():
-        return torch.device("cuda")
+        found += [f"cuda:{i}" for i in range(torch.cuda.device_count())]
     if torch.backends.mps.is_available():
-        return torch.device("mps")
-    return torch.device("cpu")
+        found.append("mps")
+    xpu = getattr(torch, "xpu", None)
+    if xpu is not None and xpu.is_available():
+        found += [f"xpu:{i}" for i in range(xpu.device_count())]
+    return found
+
+
+def _why_unavailable(device: torch.device) -> str:
+    import torch
+
+    if device.type == "cuda":
+        if not torch.backends.cuda.is_built():  # type: ignore[no-untyped-call]
+            return " (this torch build has no CUDA support: install a CUDA build of torch)"
+        count = torch.cuda.device_count() if torch.cuda.is_available() else 0
+        return f" (it has {count} CUDA GPU{'s' if count != 1 else ''})"
+    if device.type == "mps":
+        return " (mps is the GPU of Apple silicon Macs, and this torch cannot use one here)"
+    if device.type not in ("xpu", "cpu"):
+        return f" (a reranker runs on cpu, cuda, mps or xpu, not {device.type})"
+    return ""
 
 
 class LocalBackend:
@@ -135,10 +178,12 @@ class LocalBackend:
                 self._load()
 
     def _load(self) -> None:
-        from transformers import AutoConfig, AutoModelForSequenceClassification, AutoTokenizer
-
         cfg = self.config
         device = resolve_device(self._device_name)
+        check_model_name(cfg.model, cache_dir=cfg.cache_dir, revision=cfg.revision)  # before the hub
+
+        from transformers import AutoConfig, AutoModelForSequenceClassification, AutoTokenizer
+
         dtype = _torch_dtype(cfg.dtype, device)
         hub_kwargs: dict[str, Any] = {
             "revision": cfg.revision,
@@ -151,7 +196,7 @@ class LocalBackend:
             # The config first: it is small, and a wrong model or max_length fails before 2 GB load.
             model_cfg = AutoConfig.from_pretrained(cfg.model, **hub_kwargs)
         except (OSError, ValueError, KeyError) as exc:  # hub, file and config errors all land here
-            raise ModelLoadError(_load_error_message(cfg.model, exc)) from None
+            raise ModelLoadError(_load_error_message(cfg, exc)) from exc
         if getattr(model_cfg, "num_labels", None) != 1:
             raise ModelLoadError(
                 f"{cfg.model!r} has {model_cfg.num_labels} output labels; a reranker (cross-encoder) "
@@ -166,7 +211,7 @@ class LocalBackend:
                 cfg.model, config=model_cfg, dtype=dtype, **hub_kwargs
             )
         except (OSError, ValueError, KeyError, RuntimeError) as exc:  # missing or mismatched files
-            raise ModelLoadError(_load_error_message(cfg.model, exc)) from None
+            raise ModelLoadError(_load_error_message(cfg, exc)) from exc
 
         self._encoder = PairEncoder.from_transformers(
             tokenizer, max_length=cfg.max_length, query_max_length=cfg.resolved_query_max_length
@@ -288,14 +333,12 @@ def _single_device(device: str | tuple[str, ...] | None) -> str | None:
     return device
 
 
-def _load_error_message(model: str, exc: BaseException) -> str:
-    """One readable sentence about a failed load, instead of a hub traceback."""
-    looks_like_path = model.startswith((".", "/", "~")) or model.count("/") > 1 or "\\" in model
-    if looks_like_path and not Path(model).expanduser().is_dir():
-        return f"could not load the reranker model {model!r}: no such folder.\n{_LOCAL_FOLDER_HINT}"
-    text = str(exc).strip()
-    reason = text.splitlines()[0] if text else type(exc).__name__
-    return f"could not load the reranker model {model!r}: {reason}\n{_LOCAL_FOLDER_HINT}"
+def _load_error_message(config: RerankerConfig, exc: BaseException) -> str:
+    """One readable paragraph about a failed load, instead of a hub traceback (which stays chained)."""
+    from huggingface_hub import constants
+
+    offline = config.local_files_only or bool(constants.HF_HUB_OFFLINE)
+    return load_error_message(config.model, exc, offline=offline)
 
 
 def _torch_dtype(name: str, device: torch.device) -> torch.dtype:
