@@ -8,6 +8,7 @@ from pathlib import Path
 import pytest
 from transformers import AutoConfig, AutoTokenizer
 
+from bge_rerank_integrations.llm_layout import detect_llm_kind
 from bge_rerank_integrations.testing import (
     DECODER_KINDS,
     TINY_DECODER_SHAPES,
@@ -71,3 +72,14 @@ def test_layerwise_kinds_carry_remote_code_like_the_real_repositories(
         kind, "CostWiseGemmaConfig"
     )
     assert config.start_layer == TINY_DECODER_SHAPES[kind].start_layer
+
+
+@pytest.mark.parametrize("kind", DECODER_KINDS)
+def test_kind_is_detected_from_the_config(kind: str, decoder_dirs: dict[str, Path]) -> None:
+    spec = json.loads((decoder_dirs[kind] / "config.json").read_text())
+    detected = detect_llm_kind(spec)
+    assert detected is not None
+    assert detected.name == kind
+    del spec["architectures"]  # model_type alone decides then
+    assert detect_llm_kind(spec) is detected
+    assert detect_llm_kind({"architectures": ["XLMRobertaForSequenceClassification"]}) is None
