@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import itertools
 from pathlib import Path
 from typing import Any
 
@@ -15,29 +14,10 @@ from bge_rerank_integrations.errors import ModelLoadError
 from bge_rerank_integrations.llm_layout import LLM_KINDS, LLMPairEncoder
 from tests.core.texts import LONG_PASSAGE, LONG_QUERY, PASSAGES, QUERIES
 
+from .pairs import UNUSUAL, all_pairs
 from .reference import KINDS, REFERENCE_WARNINGS, flag_reranker, reference_ids
 
 pytestmark = REFERENCE_WARNINGS
-
-UNUSUAL = [
-    "emoji 😀 and a snowman ☃",
-    "தமிழ் எழுத்துக்கள்",  # a script outside the toy vocabulary: byte fallback
-    "e\u0301 combining accent, \u200b zero width, \u00a0 no-break space",
-    "control \x00 and \x1b characters",
-    "  spaces   around  ",
-    "\n\nnewlines\n",
-    "Yes",
-]
-
-
-def all_pairs() -> list[tuple[str, str]]:
-    pairs = list(itertools.product(QUERIES, PASSAGES[:4]))
-    pairs += [(QUERIES[0], p) for p in PASSAGES[4:]]
-    pairs += [(q, p) for q, p in zip(UNUSUAL, [*UNUSUAL[1:], UNUSUAL[0]], strict=True)]
-    pairs += [(LONG_QUERY, p) for p in PASSAGES[:3]]
-    pairs += [(q, LONG_PASSAGE) for q in QUERIES[:3]]
-    pairs += [(LONG_QUERY, LONG_PASSAGE), (LONG_QUERY, ""), ("", "")]
-    return pairs
 
 
 @pytest.fixture(scope="module")
@@ -162,7 +142,7 @@ def test_yes_id_is_the_references(decoder_dirs: dict[str, Path]) -> None:
     )
 
 
-@settings(max_examples=25, deadline=None)
+@settings(max_examples=15, deadline=None)
 @given(
     max_length=st.integers(min_value=1, max_value=40),
     query_max_length=st.integers(min_value=1, max_value=60),
