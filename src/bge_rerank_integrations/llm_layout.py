@@ -23,7 +23,18 @@ instead of the reference's per-pair Python assembly.
 
 The facts a model kind needs from the core are in :data:`LLM_KINDS` (``LLMKind``): the default
 prompt, whether ``<bos>`` is unconditional, the padding side, the kind's options and the config fields
-that identify it (:func:`detect_llm_kind`).
+that identify it (:func:`detect_llm_kind`). For the kind boundary (issue 13) these kinds need:
+
+- detection from the raw ``config.json`` (``AutoConfig`` wants ``trust_remote_code`` for the
+  layer-wise ones) and a kind-owned load: ``AutoModelForCausalLM`` for v2-gemma,
+  ``llm_layerwise.load_layerwise_model`` for the others (no remote code runs);
+- per-pair payload besides the ids (the lightweight compression's query/prompt lengths) carried
+  through dedup, sorting and batching;
+- a forward that owns its padding (right, no mask) and returns fp32 scores, the budget counting
+  padded tokens; ``prompt`` changes ids (a layout option), ``cutoff_layers`` /
+  ``compress_ratio`` / ``compress_layers`` only the forward;
+- a length check of :attr:`LLMPairEncoder.longest` against the model's positions (note that
+  ``max_length`` bounds the passage here, not the pair).
 """
 
 from __future__ import annotations
@@ -42,6 +53,7 @@ __all__ = [
     "GEMMA_PROMPT",
     "LIGHTWEIGHT_PROMPT",
     "LLM_KINDS",
+    "KindName",
     "LLMKind",
     "LLMPairEncoder",
     "LLMPairs",
@@ -58,6 +70,8 @@ LIGHTWEIGHT_PROMPT = "Predict whether passage B contains an answer to query A."
 """FlagEmbedding's default prompt for ``LightWeightFlagLLMReranker``."""
 
 KindName = Literal["v2-gemma", "v2-minicpm-layerwise", "v2.5-gemma2-lightweight"]
+"""The decoder-only kinds: v2-gemma (``FlagLLMReranker``), v2-minicpm-layerwise
+(``LayerWiseFlagLLMReranker``), v2.5-gemma2-lightweight (``LightWeightFlagLLMReranker``)."""
 
 
 @dataclass(frozen=True)
@@ -74,8 +88,8 @@ class LLMKind:
     """``config.architectures`` values of this kind."""
     model_types: tuple[str, ...]
     """``config.model_type`` values of this kind."""
-    needs_remote_code_files: bool
-    """The model repository ships custom modeling code (``auto_map``) for this architecture."""
+    ships_remote_code: bool
+    """The model repository ships custom modeling code (``auto_map``); this package does not run it."""
     options: tuple[str, ...]
     """Per-kind scoring options beyond the shared ones (``max_length``, ``query_max_length``)."""
 
@@ -88,7 +102,7 @@ LLM_KINDS: Mapping[KindName, LLMKind] = {
         padding_side="right",
         architectures=("GemmaForCausalLM",),
         model_types=("gemma",),
-        needs_remote_code_files=False,
+        ships_remote_code=False,
         options=("prompt",),
     ),
     "v2-minicpm-layerwise": LLMKind(
@@ -98,7 +112,7 @@ LLM_KINDS: Mapping[KindName, LLMKind] = {
         padding_side="right",
         architectures=("LayerWiseMiniCPMForCausalLM",),
         model_types=("minicpm",),
-        needs_remote_code_files=True,
+        ships_remote_code=True,
         options=("prompt", "cutoff_layers"),
     ),
     "v2.5-gemma2-lightweight": LLMKind(
@@ -108,7 +122,7 @@ LLM_KINDS: Mapping[KindName, LLMKind] = {
         padding_side="right",
         architectures=("CostWiseGemmaForCausalLM",),
         model_types=("cost_wise_gemma",),
-        needs_remote_code_files=True,
+        ships_remote_code=True,
         options=("prompt", "cutoff_layers", "compress_ratio", "compress_layers"),
     ),
 }
