@@ -1,4 +1,4 @@
-"""Length-sorted batches under a budget of padded tokens, and the way back to input order."""
+"""Length-sorted batches of item indices under a token budget (padded tokens, or real ones unpadded)."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Where scores are computed: the local torch backend (and, later, remote serving engines)."""
+"""Where scores are computed: local torch (``local``) or a serving engine's ``/rerank`` (``remote``)."""
 
 from __future__ import annotations
 
