@@ -255,6 +255,23 @@ _SHUTDOWN_CASES = {
             await asyncio.to_thread(started.wait)
         asyncio.run(main())  # cancels the tasks still waiting
     """,
+    "threads waiting on a remote engine that never answers": """
+        server = socket.socket()
+        server.bind(("127.0.0.1", 0))
+        server.listen(64)
+        accepted = threading.Semaphore(0)
+        held = []
+        def accept():
+            while True:
+                held.append(server.accept()[0])
+                accepted.release()
+        threading.Thread(target=accept, daemon=True).start()
+        url = f"http://127.0.0.1:{server.getsockname()[1]}"
+        rr = Reranker(backend="tei", base_url=url, max_texts_per_request=1, request_timeout=600)
+        call_forever(rr, [f"passage {i}" for i in range(8)])
+        for _ in range(4):  # several requests of one call in flight at once
+            accepted.acquire()
+    """,
 }
 
 

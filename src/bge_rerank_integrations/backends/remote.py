@@ -26,14 +26,16 @@ import email.utils
 import logging
 import math
 import os
+import queue
 import random
 import re
 import threading
 import time
 from collections.abc import Callable, Sequence
-from concurrent.futures import FIRST_EXCEPTION, Future, ThreadPoolExecutor, wait
+from concurrent.futures import FIRST_EXCEPTION, Future, wait
 from dataclasses import dataclass
-from typing import Any, ClassVar
+from types import TracebackType
+from typing import Any, ClassVar, TypeVar
 
 import httpx
 
@@ -196,6 +198,52 @@ class _RetryPolicy:
         return failed is None or not failed.is_set()
 
 
+_T = TypeVar("_T")
+
+
+class _DaemonPool:
+    """The ``submit`` and ``with`` of a ``ThreadPoolExecutor``, on daemon threads.
+
+    The interpreter waits for a ``ThreadPoolExecutor``'s threads at exit, so requests stuck on an
+    engine that never answers would hold up shutdown for their timeouts and retries; daemon threads
+    do not. Leaving the ``with`` block waits for the submitted calls, as the executor does.
+    """
+
+    def __init__(self, workers: int, name: str) -> None:
+        self._jobs: queue.SimpleQueue[tuple[Future[Any], Callable[..., Any], tuple[Any, ...]] | None]
+        self._jobs = queue.SimpleQueue()
+        self._threads = [
+            threading.Thread(target=self._run, name=f"{name}-{n}", daemon=True) for n in range(workers)
+        ]
+        for thread in self._threads:
+            thread.start()
+
+    def submit(self, fn: Callable[..., _T], *args: Any) -> Future[_T]:
+        future: Future[_T] = Future()
+        self._jobs.put((future, fn, args))
+        return future
+
+    def _run(self) -> None:
+        while (job := self._jobs.get()) is not None:
+            future, fn, args = job
+            if future.set_running_or_notify_cancel():
+                try:
+                    future.set_result(fn(*args))
+                except BaseException as exc:  # the caller gets it, as from an executor
+                    future.set_exception(exc)
+
+    def __enter__(self) -> _DaemonPool:
+        return self
+
+    def __exit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        for _ in self._threads:
+            self._jobs.put(None)
+        for thread in self._threads:
+            thread.join()
+
+
 @dataclass(frozen=True)
 class _Request:
     """One ``/rerank`` call: a query, some of its passages, and where their scores go."""
@@ -325,7 +373,7 @@ class RemoteBackend:
                 self._place(scores, request, self._send(request, None))
             return scores
         failed = threading.Event()  # once one request fails for good, the others stop retrying
-        with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="bge-rerank-remote") as pool:
+        with _DaemonPool(workers, "bge-rerank-remote") as pool:
             futures: list[Future[list[float]]] = [pool.submit(self._send, r, failed) for r in requests]
             try:
                 done, _ = wait(futures, return_when=FIRST_EXCEPTION)
