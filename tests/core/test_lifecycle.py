@@ -9,13 +9,13 @@ import subprocess
 import sys
 import textwrap
 import threading
-import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
 
 from bge_rerank_integrations import Reranker, RerankError
+from tests.resources import memory_bound, rss_bytes, still_running
 
 from .loopback import tei_logit, tei_server
 from .texts import PASSAGES, QUERIES
@@ -25,22 +25,6 @@ QUERY = QUERIES[0]
 
 def worker_threads() -> set[threading.Thread]:
     return {t for t in threading.enumerate() if t.name.startswith("bge-rerank-worker")}
-
-
-def still_running(threads: set[threading.Thread]) -> list[threading.Thread]:
-    """The threads of ``threads`` that have not ended, after giving them a minute to end."""
-    deadline = time.monotonic() + 60
-    for thread in threads:
-        thread.join(timeout=max(0.0, deadline - time.monotonic()))
-    return [t for t in threads if t.is_alive()]
-
-
-def rss_bytes() -> int:
-    with open("/proc/self/status") as status:
-        for line in status:
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1]) * 1024
-    raise AssertionError("no VmRSS in /proc/self/status")
 
 
 @pytest.fixture(scope="module")
@@ -146,15 +130,6 @@ def test_a_shared_reranker_stays_until_its_last_holder_closes_it(model_dir: Path
 # --- without close() ---------------------------------------------------------------------------
 
 
-def _memory_bound(model_dir: Path) -> int:
-    """A few models' worth: 15 times the weights file.
-
-    A loaded test model takes about twice its weights in resident memory (tokenizer, allocator), so
-    this allows some 7 models left over, where 30 kept models hold at least 30 times the weights.
-    """
-    return 15 * (model_dir / "model.safetensors").stat().st_size
-
-
 def _use_once(model_dir: Path) -> Reranker:
     rr = Reranker(model_dir, device="cpu")
     rr.score(QUERY, PASSAGES[:4])
@@ -170,7 +145,7 @@ def test_thirty_dropped_rerankers_return_their_threads_and_memory(model_dir: Pat
         _use_once(model_dir)  # dropped at once
     gc.collect()
     assert not still_running(set(threading.enumerate()) - threads)
-    assert rss_bytes() - rss < _memory_bound(model_dir)
+    assert rss_bytes() - rss < memory_bound(model_dir)
 
 
 def test_thirty_closed_rerankers_still_referenced_return_their_threads_and_memory(model_dir: Path) -> None:
@@ -183,7 +158,7 @@ def test_thirty_closed_rerankers_still_referenced_return_their_threads_and_memor
         kept.append(rr)
     gc.collect()
     assert not still_running(set(threading.enumerate()) - threads)
-    assert rss_bytes() - rss < _memory_bound(model_dir)
+    assert rss_bytes() - rss < memory_bound(model_dir)
     assert not any(rr.is_loaded for rr in kept)
 
 
@@ -192,7 +167,7 @@ def test_the_memory_bound_is_exceeded_by_thirty_rerankers_kept_loaded(model_dir:
     gc.collect()
     rss = rss_bytes()
     kept = [_use_once(model_dir) for _ in range(30)]
-    assert rss_bytes() - rss > _memory_bound(model_dir)
+    assert rss_bytes() - rss > memory_bound(model_dir)
     for rr in kept:
         rr.close()
 
