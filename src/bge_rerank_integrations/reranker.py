@@ -179,7 +179,8 @@ class Reranker:
                 one per model replica, instead of the ones ``config`` describes: a seam for a custom
                 engine, or for a test that injects faults. ``config`` still sets the rest (``normalize``,
                 ``batch_wait_ms``, and with a remote ``backend`` setting, the calls in flight per
-                backend). A copy of such a reranker copies its backends.
+                backend). The reranker owns them: :meth:`close` closes them, and a copy of the
+                reranker copies them.
         """
         self = cls.__new__(cls)
         self._init_from_config(config, backends)
@@ -339,7 +340,8 @@ class Reranker:
 
     def _check_open(self) -> None:
         if self._closed:
-            raise RerankError(f"{self!r} is closed; create a new Reranker to score again")
+            model = self.config.model
+            raise RerankError(f"Reranker({model!r}) is closed; create a new Reranker to score again")
 
     def _score(self, pairs: list[tuple[str, str]], normalize: bool | None) -> list[float]:
         self._check_open()
