@@ -14,7 +14,6 @@ import functools
 import math
 import os
 import threading
-import weakref
 from collections.abc import Sequence
 from dataclasses import dataclass
 from types import TracebackType
@@ -160,9 +159,6 @@ class Reranker:
         self._closed = False
         self._is_shared = False  # made by shared_from_config, which counts its holders in _holds
         self._holds = 0
-        # A reranker collected without close() still closes its backends' connections.
-        self._release = weakref.finalize(self, _close_backends, tuple(self._backends))
-        self._release.atexit = False
 
     @property
     def _backend(self) -> Backend:
@@ -235,7 +231,8 @@ class Reranker:
                     del Reranker._shared[self.config]
             self._closed = True
         self._scheduler.close()
-        self._release()  # closes the backends, once
+        for backend in self._backends:
+            backend.close()
 
     async def aclose(self) -> None:
         """:meth:`close` without blocking the event loop (it waits for the queued calls)."""
@@ -378,11 +375,6 @@ def _checked_logits(backend: Backend, dtype: str, pairs: list[tuple[str, str]]) 
             f"broken for this input (dtype={dtype!r}: try 'bfloat16' or 'float32')"
         )
     return logits
-
-
-def _close_backends(backends: Sequence[Backend]) -> None:
-    for backend in backends:
-        backend.close()
 
 
 def rank_scores(scores: Sequence[float], top_n: int | None = None) -> list[RerankResult]:

@@ -31,6 +31,7 @@ import random
 import re
 import threading
 import time
+import weakref
 from collections.abc import Callable, Sequence
 from concurrent.futures import FIRST_EXCEPTION, Future, wait
 from dataclasses import dataclass
@@ -292,6 +293,7 @@ class RemoteBackend:
         self._transport = _transport
         self._retry = _retry or _RetryPolicy()
         self._client: httpx.Client | None = None
+        self._closer: weakref.finalize[Any, Any] | None = None
         self._lock = threading.Lock()
         # One bound for every call at once: the queue runs several calls side by side (see pass_tokens).
         self._slots = threading.BoundedSemaphore(config.max_concurrent_requests)
@@ -325,13 +327,16 @@ class RemoteBackend:
         with self._lock:
             if self._client is None:
                 self._client = self._make_client()
+                # A backend collected without close() still closes its connections.
+                self._closer = weakref.finalize(self, self._client.close)
+                self._closer.atexit = False
 
     def close(self) -> None:
         """Close the HTTP connections; a later call makes a new client."""
         with self._lock:
-            client, self._client = self._client, None
-        if client is not None:
-            client.close()
+            closer, self._closer, self._client = self._closer, None, None
+        if closer is not None:
+            closer()  # closes the client, once
 
     def _make_client(self) -> httpx.Client:
         from bge_rerank_integrations import __version__
