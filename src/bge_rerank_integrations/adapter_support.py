@@ -8,13 +8,21 @@ read text the same way.
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Mapping, Sequence
+import threading
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 from bge_rerank_integrations.config import RerankerConfig
 from bge_rerank_integrations.reranker import Reranker, check_top
 
-__all__ = ["MODEL_SETTINGS", "adapter_reranker", "check_top", "text_with_meta"]
+__all__ = [
+    "MODEL_SETTINGS",
+    "RerankerHold",
+    "adapter_config",
+    "adapter_reranker",
+    "check_top",
+    "text_with_meta",
+]
 
 MODEL_SETTINGS: tuple[str, ...] = tuple(
     f.name for f in dataclasses.fields(RerankerConfig) if f.name not in ("normalize", "token")
@@ -32,12 +40,21 @@ def adapter_reranker(settings: Mapping[str, Any], reranker: Reranker | None = No
 
     ``settings`` maps :class:`RerankerConfig` field names to values, ``None`` meaning "not given"
     (the core's default). With a ``reranker``, no setting may be given: it brings its own. Without
-    one, the process-wide shared reranker for the settings is returned. Nothing is loaded or
-    contacted here.
+    one, the process-wide shared reranker for the settings is returned (a hold taken on it, see
+    :meth:`Reranker.shared`). Nothing is loaded or contacted here.
 
     Raises:
         ValueError: ``reranker`` is given together with settings, or a setting is out of range.
         TypeError: ``reranker`` is not a :class:`Reranker`, or a setting has the wrong type.
+    """
+    config = adapter_config(settings, reranker)
+    return reranker if reranker is not None else Reranker.shared_from_config(config)
+
+
+def adapter_config(settings: Mapping[str, Any], reranker: Reranker | None = None) -> RerankerConfig:
+    """The settings of an adapter's core reranker, checked as :func:`adapter_reranker` does, taking nothing.
+
+    The given ``reranker``'s own, or the :class:`RerankerConfig` of ``settings``.
     """
     if reranker is not None and not isinstance(reranker, Reranker):
         raise TypeError(f"reranker must be a Reranker, got {type(reranker).__name__}")
@@ -49,8 +66,46 @@ def adapter_reranker(settings: Mapping[str, Any], reranker: Reranker | None = No
             + " (a reranker brings its own settings)"
         )
     if reranker is not None:
-        return reranker
-    return Reranker.shared_from_config(RerankerConfig(**given))
+        return reranker.config
+    return RerankerConfig(**given)
+
+
+class RerankerHold:
+    """How an adapter holds its core reranker: the one it was given, or a hold on the shared one.
+
+    Without a given reranker, :meth:`get` takes a hold on the process-wide shared instance for the
+    adapter's settings on first use, and :meth:`release` gives it back (the instance closes when its
+    last holder does, see :meth:`Reranker.shared`); the next :meth:`get` takes a new hold. A given
+    reranker belongs to whoever made it: :meth:`release` leaves it alone.
+
+    Copies and pickles of a hold carry no hold (the copy takes its own on first use) and the given
+    reranker copied by its own rules, so adapters holding one copy and pickle with nothing loaded.
+    """
+
+    def __init__(self, given: Reranker | None = None) -> None:
+        """Hold ``given``, or (``None``) the shared reranker for the settings passed to :meth:`get`."""
+        self.given = given
+        self._taken: Reranker | None = None
+        self._lock = threading.Lock()
+
+    def get(self, config: Callable[[], RerankerConfig]) -> Reranker:
+        """The reranker: the given one, else the shared one for ``config()`` (a hold taken once)."""
+        if self.given is not None:
+            return self.given
+        with self._lock:
+            if self._taken is None or self._taken.is_closed:
+                self._taken = Reranker.shared_from_config(config())
+            return self._taken
+
+    def release(self) -> None:
+        """Give back the hold on the shared reranker, if one was taken; idempotent."""
+        with self._lock:
+            taken, self._taken = self._taken, None
+        if taken is not None:
+            taken.close()
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (type(self), (self.given,))
 
 
 def text_with_meta(

@@ -8,11 +8,12 @@ frameworks depend on pydantic v2, so it is present wherever this module is used)
 
 from __future__ import annotations
 
-from typing import Any
+import copy
+from typing import Any, Self
 
 from pydantic import BaseModel, ConfigDict, Field, PrivateAttr
 
-from bge_rerank_integrations.adapter_support import MODEL_SETTINGS, adapter_reranker
+from bge_rerank_integrations.adapter_support import MODEL_SETTINGS, RerankerHold, adapter_config
 from bge_rerank_integrations.config import DEFAULT_MODEL, BackendName, DType, LongPassages, RerankerConfig
 from bge_rerank_integrations.reranker import Reranker
 
@@ -23,11 +24,16 @@ _DEFAULTS = RerankerConfig()
 
 class RerankerSettings(BaseModel):
     """Every core model setting (:data:`~bge_rerank_integrations.adapter_support.MODEL_SETTINGS`) as a
-    frozen field, resolved on construction to one (process-wide shared) core reranker.
+    frozen field, resolved on first use to one (process-wide shared) core reranker.
 
     Inherit it first, before the framework's base class. The fields always read back the core's
     resolved configuration (``query_max_length=None`` as ``max_length * 3 // 4``, ``dtype="fp16"`` as
     ``"float16"``); per-call choices such as ``normalize`` and ``top_n`` belong to each adapter.
+
+    The shared reranker is found on first use, and :meth:`close` lets go of it (see
+    :class:`~bge_rerank_integrations.adapter_support.RerankerHold`). Copies (``copy``, ``model_copy``,
+    ``deepcopy``, ``pickle``) carry the settings and find their process's shared reranker on first
+    use; with a given ``reranker``, they hold a copy of it (the same one, for a shallow copy).
     """
 
     model_config = ConfigDict(arbitrary_types_allowed=True, extra="forbid", use_attribute_docstrings=True)
@@ -79,10 +85,10 @@ class RerankerSettings(BaseModel):
     verify_tls: bool = Field(default=_DEFAULTS.verify_tls, frozen=True)
     """Verify the serving engine's TLS certificate."""
 
-    _reranker: Reranker = PrivateAttr()
+    _hold: RerankerHold = PrivateAttr(default_factory=RerankerHold)
 
     def __init__(self, *, reranker: Reranker | None = None, **data: Any) -> None:
-        """Resolve the core reranker (shared per settings, or the one given); loads nothing.
+        """Check the settings and keep the ``reranker`` given, if any; loads nothing.
 
         Args:
             reranker: a core reranker to use instead of the shared one for the model settings.
@@ -92,11 +98,37 @@ class RerankerSettings(BaseModel):
             ValueError: a setting is out of range, or both ``reranker`` and model settings are given.
             TypeError: ``reranker`` is not a :class:`Reranker`, or a setting has the wrong type.
         """
-        core = adapter_reranker({name: data.pop(name, None) for name in MODEL_SETTINGS}, reranker)
-        super().__init__(**data, **{name: getattr(core.config, name) for name in MODEL_SETTINGS})
-        self._reranker = core
+        config = adapter_config({name: data.pop(name, None) for name in MODEL_SETTINGS}, reranker)
+        super().__init__(**data, **{name: getattr(config, name) for name in MODEL_SETTINGS})
+        self._hold = RerankerHold(reranker)
 
     @property
     def reranker(self) -> Reranker:
         """The core reranker doing the scoring, shared by equal settings (``.load()`` warms it up)."""
         return self._reranker
+
+    @property
+    def _reranker(self) -> Reranker:
+        return self._hold.get(self._config)
+
+    def _config(self) -> RerankerConfig:
+        return RerankerConfig(**{name: getattr(self, name) for name in MODEL_SETTINGS})
+
+    def close(self) -> None:
+        """Let go of the shared reranker: its model unloads once no other adapter or caller holds it.
+
+        The adapter stays usable: its next call finds the shared reranker again (loading the model if
+        it was unloaded). A reranker passed in as ``reranker=`` is left alone: close it yourself.
+        """
+        self._hold.release()
+
+    def __copy__(self) -> Self:
+        copied = super().__copy__()
+        copied._hold = copy.copy(self._hold)  # its own hold, or the same given reranker
+        return copied
+
+    def __setstate__(self, state: dict[Any, Any]) -> None:
+        super().__setstate__(state)  # LlamaIndex's rebuilds through __init__, which drops the hold
+        hold = (state.get("__pydantic_private__") or {}).get("_hold")
+        if isinstance(hold, RerankerHold):
+            self._hold = hold

@@ -3,7 +3,8 @@
 One class with a clear split: construction stores settings (cheap), :meth:`Reranker.load` or the
 first call loads the model, :meth:`Reranker.score` returns one float per passage in input order and
 :meth:`Reranker.rank` sorts them. :meth:`Reranker.shared` gives one instance per process per settings,
-which is how the framework adapters share a single loaded model.
+which is how the framework adapters share a single loaded model. :meth:`Reranker.close` (or ``with``)
+ends its threads and drops its weights and connections; a reranker nobody references does so too.
 """
 
 from __future__ import annotations
@@ -15,7 +16,8 @@ import os
 import threading
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any, ClassVar
+from types import TracebackType
+from typing import Any, ClassVar, Self
 
 from bge_rerank_integrations.backends.base import Backend
 from bge_rerank_integrations.config import DEFAULT_MODEL, BackendName, DType, LongPassages, RerankerConfig
@@ -60,6 +62,12 @@ class Reranker:
         [5.26, -8.19]
         >>> rr.rank("what is a panda?", ["hi", "The giant panda is a bear."], top_n=1)
         [RerankResult(index=1, score=5.26)]
+        >>> with Reranker("BAAI/bge-reranker-v2-m3") as rr:  # closed (threads, weights) on exit
+        ...     rr.score("what is a panda?", ["hi"])
+
+    Copies (``copy``, ``pickle``) carry the settings, never the model: a copy of a shared reranker is
+    the receiving process's shared one for those settings, a copy of an unshared one a new unshared
+    one; nothing loads until the copy is used.
     """
 
     _shared: ClassVar[dict[RerankerConfig, Reranker]] = {}
@@ -120,27 +128,37 @@ class Reranker:
         )
         self._init_from_config(config)
 
-    def _init_from_config(self, config: RerankerConfig) -> None:
+    def _init_from_config(self, config: RerankerConfig, backends: Sequence[Backend] | None = None) -> None:
         self.config = config
         self._backends: list[Backend]
-        if config.backend == "local":
+        self._given_backends = backends is not None
+        if backends is not None:
+            if not backends:
+                raise ValueError("backends must hold at least one backend")
+            self._backends = list(backends)
+        elif config.backend == "local":
             from bge_rerank_integrations.backends.local import LocalBackend
 
             self._backends = [LocalBackend(config, device) for device in config.devices]
-            workers = self._backends
         else:
             from bge_rerank_integrations.backends.remote import RemoteBackend
 
             self._backends = [RemoteBackend(config)]
-            # several calls in flight side by side; the backend bounds the HTTP requests among them
-            workers = self._backends * config.max_concurrent_requests
+        # A remote engine gets several calls in flight side by side; it bounds the HTTP requests among them.
+        workers = (
+            self._backends if config.backend == "local" else self._backends * config.max_concurrent_requests
+        )
         # Every call goes through one queue, so concurrent callers share forward passes; with several
-        # devices each replica's worker takes the next batch when it is free.
+        # devices each replica's worker takes the next batch when it is free. The replicas refer to
+        # their backend, never to this reranker, so the worker threads do not keep it alive.
         self._scheduler = BatchScheduler(
-            [functools.partial(self._score_logits, backend) for backend in workers],
+            [functools.partial(_checked_logits, backend, config.dtype) for backend in workers],
             max_wait=config.batch_wait_ms / 1000,
             max_pairs=[functools.partial(_pass_pairs, backend) for backend in workers],
         )
+        self._closed = False
+        self._is_shared = False  # made by shared_from_config, which counts its holders in _holds
+        self._holds = 0
 
     @property
     def _backend(self) -> Backend:
@@ -148,10 +166,20 @@ class Reranker:
         return self._backends[0]
 
     @classmethod
-    def from_config(cls, config: RerankerConfig) -> Reranker:
-        """A new (unshared) reranker with these settings."""
+    def from_config(cls, config: RerankerConfig, backends: Sequence[Backend] | None = None) -> Reranker:
+        """A new (unshared) reranker with these settings.
+
+        Args:
+            config: the settings.
+            backends: ready objects that compute the logits (see :class:`~.backends.base.Backend`),
+                one per model replica, instead of the ones ``config`` describes: a seam for a custom
+                engine, or for a test that injects faults. ``config`` still sets the rest (``normalize``,
+                ``batch_wait_ms``, and with a remote ``backend`` setting, the calls in flight per
+                backend). The reranker owns them: :meth:`close` closes them, and a copy of the
+                reranker copies them.
+        """
         self = cls.__new__(cls)
-        self._init_from_config(config)
+        self._init_from_config(config, backends)
         return self
 
     @classmethod
@@ -160,20 +188,80 @@ class Reranker:
 
         Every adapter built with the same settings gets the same instance, so the weights are in
         memory once. Settings are compared as given: ``device=None`` and ``device="cpu"`` are two keys.
+
+        The instance stays (loaded) until closed: each call takes a hold on it and each :meth:`close`
+        gives one back; the last one given back closes it, and the next call makes a new one.
         """
         return cls.shared_from_config(RerankerConfig(model=os.fspath(model), **settings))
 
     @classmethod
     def shared_from_config(cls, config: RerankerConfig) -> Reranker:
-        """The process-wide instance for ``config`` (see :meth:`shared`)."""
+        """The process-wide instance for ``config``, with a hold taken on it (see :meth:`shared`)."""
         with cls._shared_lock:
             instance = cls._shared.get(config)
             if instance is None:
                 instance = cls._shared[config] = cls.from_config(config)
+                instance._is_shared = True
+            instance._holds += 1
             return instance
 
+    def __reduce__(self) -> tuple[Any, ...]:
+        """Copy and pickle the settings, never the model or threads (see the class docstring)."""
+        if self._given_backends:
+            return (type(self).from_config, (self.config, self._backends))
+        if self._is_shared:
+            return (type(self).shared_from_config, (self.config,))
+        return (type(self).from_config, (self.config,))
+
+    def close(self) -> None:
+        """End the worker threads, close the HTTP connections and drop the weights; idempotent.
+
+        Calls already queued are served first; a call after ``close()`` raises :class:`RerankError`,
+        as a closed ``httpx`` client does (make a new reranker to score again). On a shared instance
+        (see :meth:`shared`) this gives back one hold: it closes when the last one is given back.
+        """
+        with Reranker._shared_lock:
+            if self._closed:
+                return
+            if self._is_shared:
+                self._holds -= 1
+                if self._holds > 0:
+                    return
+                if Reranker._shared.get(self.config) is self:
+                    del Reranker._shared[self.config]
+            self._closed = True
+        self._scheduler.close()
+        for backend in self._backends:
+            backend.close()
+
+    async def aclose(self) -> None:
+        """:meth:`close` without blocking the event loop (it waits for the queued calls)."""
+        await asyncio.to_thread(self.close)
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        self.close()
+
+    async def __aenter__(self) -> Self:
+        return self
+
+    async def __aexit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        await self.aclose()
+
+    @property
+    def is_closed(self) -> bool:
+        """Whether :meth:`close` has closed this reranker (a shared one: given back its last hold)."""
+        return self._closed
+
     def __repr__(self) -> str:
-        return f"{type(self).__name__}({self.config.model!r}, loaded={self.is_loaded})"
+        state = "closed" if self._closed else f"loaded={self.is_loaded}"
+        return f"{type(self).__name__}({self.config.model!r}, {state})"
 
     @property
     def is_loaded(self) -> bool:
@@ -185,7 +273,9 @@ class Reranker:
 
         Raises:
             ModelLoadError: the model cannot be found or is not a one-label cross-encoder.
+            RerankError: the reranker is closed.
         """
+        self._check_open()
         for backend in self._backends:
             backend.load()
         return self
@@ -245,23 +335,25 @@ class Reranker:
         check_top("top_n", top_n)
         return rank_scores(await self.ascore(query, passages, normalize=normalize), top_n)
 
-    def _score_logits(self, backend: Backend, pairs: list[tuple[str, str]]) -> list[float]:
-        """One scheduler replica: raw logits from ``backend``, refused if any is NaN."""
-        logits = backend.score_pairs(pairs)
-        broken = sum(1 for x in logits if math.isnan(x))
-        if broken:
-            raise RerankError(
-                f"the model returned NaN for {broken} of {len(logits)} pairs; its weights or dtype are "
-                f"broken for this input (dtype={self.config.dtype!r}: try 'bfloat16' or 'float32')"
-            )
-        return logits
+    def _check_open(self) -> None:
+        if self._closed:
+            model = self.config.model
+            raise RerankError(f"Reranker({model!r}) is closed; create a new Reranker to score again")
 
     def _score(self, pairs: list[tuple[str, str]], normalize: bool | None) -> list[float]:
+        self._check_open()
         if not pairs:
             return []
-        return self._finish(self._scheduler.submit(pairs).result(), normalize)
+        future = self._scheduler.submit(pairs)
+        try:
+            logits = future.result()
+        except BaseException:
+            future.cancel()  # interrupted while waiting (Ctrl-C): drop the request if it has not started
+            raise
+        return self._finish(logits, normalize)
 
     async def _ascore(self, pairs: list[tuple[str, str]], normalize: bool | None) -> list[float]:
+        self._check_open()
         if not pairs:
             return []
         # Cancelling the awaiting task cancels the request if its batch has not started yet.
@@ -271,6 +363,18 @@ class Reranker:
         if self.config.normalize if normalize is None else normalize:
             return [sigmoid(x) for x in logits]
         return logits
+
+
+def _checked_logits(backend: Backend, dtype: str, pairs: list[tuple[str, str]]) -> list[float]:
+    """One scheduler replica: raw logits from ``backend``, refused if any is NaN."""
+    logits = backend.score_pairs(pairs)
+    broken = sum(1 for x in logits if math.isnan(x))
+    if broken:
+        raise RerankError(
+            f"the model returned NaN for {broken} of {len(logits)} pairs; its weights or dtype are "
+            f"broken for this input (dtype={dtype!r}: try 'bfloat16' or 'float32')"
+        )
+    return logits
 
 
 def rank_scores(scores: Sequence[float], top_n: int | None = None) -> list[RerankResult]:

@@ -8,9 +8,14 @@ order. A caller that finds the worker idle starts at once, so a single caller pa
 hand-off; ``max_wait`` (off by default) holds a batch open a little longer to gather bursts.
 
 Failures stay with their owner: if a shared batch raises, its requests are retried one by one, so
-only the request that breaks the model fails, with its original exception. A caller whose future
-is cancelled before its batch starts is dropped from it; one cancelled later just discards its
-result. Identical pairs across the requests of a batch are scored once.
+only the request that breaks the model fails, with its original exception (a ``BaseException`` such
+as ``KeyboardInterrupt`` too: it reaches that request's caller, and the worker lives on). A caller
+whose future is cancelled before its batch starts is dropped from it; one cancelled later just
+discards its result. Identical pairs across the requests of a batch are scored once.
+
+Lifetime: the worker threads hold the queue, and the scheduler only while they run a batch, so a
+scheduler nobody references is collected, and its workers end (no thread keeps its model alive).
+:meth:`BatchScheduler.close` ends them explicitly, after the requests already queued.
 """
 
 from __future__ import annotations
@@ -18,10 +23,13 @@ from __future__ import annotations
 import logging
 import threading
 import time
+import weakref
 from collections import deque
 from collections.abc import Callable, Sequence
 from concurrent.futures import Future
 from dataclasses import dataclass, field
+
+from bge_rerank_integrations.errors import RerankError
 
 __all__ = ["BatchScheduler"]
 
@@ -34,6 +42,55 @@ ScoreFn = Callable[[list[tuple[str, str]]], list[float]]
 class _Request:
     pairs: list[tuple[str, str]]
     future: Future[list[float]] = field(default_factory=Future)
+
+
+class _Queue:
+    """The requests waiting for a worker, and whether new ones are still taken.
+
+    Shared by a scheduler and its worker threads: it refers to neither, so a waiting worker keeps
+    nothing of its scheduler alive.
+    """
+
+    def __init__(self) -> None:
+        self.requests: deque[_Request] = deque()
+        self.ready = threading.Condition()
+        self.closed = False
+
+    def wait(self) -> bool:
+        """Block until a request waits (``True``), or the queue is closed and empty (``False``)."""
+        with self.ready:
+            while not self.requests and not self.closed:
+                self.ready.wait()
+            return bool(self.requests)
+
+    def close(self) -> None:
+        """Take no new requests; the workers serve the waiting ones, then end."""
+        with self.ready:
+            self.closed = True
+            self.ready.notify_all()
+
+    def abandon(self) -> None:
+        """Close, and fail the waiting requests: their scheduler is gone, nobody can serve them."""
+        with self.ready:
+            self.closed = True
+            waiting = list(self.requests)
+            self.requests.clear()
+            self.ready.notify_all()
+        for request in waiting:
+            if request.future.set_running_or_notify_cancel():
+                request.future.set_exception(
+                    RerankError("the reranker was garbage-collected before this call ran")
+                )
+
+
+def _work(queue: _Queue, scheduler: weakref.ref[BatchScheduler], replica: int) -> None:
+    """A worker thread: waits holding only the queue, takes the scheduler for one batch at a time."""
+    while queue.wait():
+        owner = scheduler()
+        if owner is None:  # collected: its finalizer abandons the queue
+            return
+        owner._serve_one(replica)
+        del owner  # wait without it, so a scheduler nobody else references can be collected
 
 
 class BatchScheduler:
@@ -70,66 +127,88 @@ class BatchScheduler:
             raise ValueError(f"max_pairs has {len(caps)} entries for {len(replicas)} replicas")
         self._replicas = list(zip(replicas, caps, strict=True))
         self._max_wait = max_wait
-        self._queue: deque[_Request] = deque()
-        self._ready = threading.Condition()
+        self._queue = _Queue()
         self._workers: list[threading.Thread] = []
+        # Collected without close(): end the workers (they hold the queue, never the scheduler).
+        weakref.finalize(self, self._queue.abandon).atexit = False
 
     def submit(self, pairs: list[tuple[str, str]]) -> Future[list[float]]:
-        """Queue ``pairs``; the future resolves to their raw logits in input order."""
+        """Queue ``pairs``; the future resolves to their raw logits in input order.
+
+        Raises:
+            RerankError: the scheduler is closed.
+        """
         request = _Request(pairs)
         if not pairs:
             request.future.set_result([])
             return request.future
-        with self._ready:
+        queue = self._queue
+        with queue.ready:
+            if queue.closed:
+                raise RerankError("this reranker is closed; create a new one to score again")
             if not self._workers:
                 self._start_workers()
-            self._queue.append(request)
-            self._ready.notify()
+            queue.requests.append(request)
+            queue.ready.notify()
         return request.future
 
+    def close(self) -> None:
+        """Take no new requests, let the workers serve the queued ones, and wait until they end.
+
+        Idempotent; called from a worker thread, it waits for the others only.
+        """
+        self._queue.close()
+        with self._queue.ready:
+            workers = list(self._workers)
+        for worker in workers:
+            if worker is not threading.current_thread():
+                worker.join()
+
     def _start_workers(self) -> None:
-        for number, (score, max_pairs) in enumerate(self._replicas):
+        me = weakref.ref(self)
+        for number in range(len(self._replicas)):
             worker = threading.Thread(
-                target=self._serve, args=(score, max_pairs), name=f"bge-rerank-worker-{number}", daemon=True
+                target=_work, args=(self._queue, me, number), name=f"bge-rerank-worker-{number}", daemon=True
             )
             worker.start()
             self._workers.append(worker)
 
-    def _serve(self, score: ScoreFn, max_pairs: Callable[[], int]) -> None:
-        while True:
-            with self._ready:
-                while not self._queue:
-                    self._ready.wait()
-            # read outside the lock (a backend may resolve its device, importing torch, the first time)
-            try:
-                cap = max(1, max_pairs())
-            except Exception:  # the worker must outlive a broken hint, or every caller would hang
-                logger.exception("could not size the next batch; taking one request")
-                cap = 1
-            batch = self._take(cap)
-            if batch:
-                self._execute(score, batch)
+    def _serve_one(self, replica: int) -> None:
+        """Take the next batch for ``replica`` (if another replica has not) and score it."""
+        score, max_pairs = self._replicas[replica]
+        # read outside the lock (a backend may resolve its device, importing torch, the first time)
+        try:
+            cap = max(1, max_pairs())
+        except BaseException:  # the worker must outlive a broken hint, or every caller would hang
+            logger.exception("could not size the next batch; taking one request")
+            cap = 1
+        batch = self._take(cap)
+        if batch:
+            self._execute(score, batch)
 
     def _take(self, max_pairs: int) -> list[_Request]:
-        """Wait for work, then take waiting requests until ``max_pairs``; drop cancelled ones."""
-        with self._ready:
-            while not self._queue:  # another replica may have taken what was waiting
-                self._ready.wait()
-            if self._max_wait > 0:
+        """Take waiting, uncancelled requests up to ``max_pairs`` (none if another replica took them)."""
+        queue = self._queue
+        with queue.ready:
+            if self._max_wait > 0 and queue.requests:
                 deadline = time.monotonic() + self._max_wait
-                while self._pending_pairs() < max_pairs and (left := deadline - time.monotonic()) > 0:
-                    self._ready.wait(left)
+                while (
+                    not queue.closed
+                    and self._pending_pairs() < max_pairs
+                    and (left := deadline - time.monotonic()) > 0
+                ):
+                    queue.ready.wait(left)
             taken: list[_Request] = []
             size = 0
-            while self._queue and size < max_pairs:
-                request = self._queue.popleft()
+            while queue.requests and size < max_pairs:
+                request = queue.requests.popleft()
                 if request.future.set_running_or_notify_cancel():
                     taken.append(request)
                     size += len(request.pairs)
             return taken
 
     def _pending_pairs(self) -> int:
-        return sum(len(r.pairs) for r in self._queue)
+        return sum(len(r.pairs) for r in self._queue.requests)
 
     def _execute(self, score: ScoreFn, batch: list[_Request]) -> None:
         slots: dict[tuple[str, str], int] = {}
@@ -138,7 +217,7 @@ class BatchScheduler:
             scores = score(list(slots))
             if len(scores) != len(slots):
                 raise RuntimeError(f"backend returned {len(scores)} scores for {len(slots)} pairs")
-        except Exception as exc:
+        except BaseException as exc:  # KeyboardInterrupt or a Rust panic too: the worker must live on
             if len(batch) > 1:
                 logger.warning(
                     "a batch of %d requests failed (%r); retrying them one by one", len(batch), exc

@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import asyncio
+import gc
 import threading
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
 
-from bge_rerank_integrations import Reranker
+from bge_rerank_integrations import Reranker, RerankError
 from bge_rerank_integrations.scheduler import BatchScheduler
 
 from .texts import PASSAGES, QUERIES
@@ -225,3 +226,73 @@ def test_a_list_of_devices_runs_one_replica_per_device(model_dir: Path, workload
     assert replicated.is_loaded  # each replica loads on its first batch: both took work
     for call, got in zip(calls, results, strict=True):
         assert got == pytest.approx(single.score(*call), abs=1e-5, rel=1e-5)
+
+
+# --- lifetime and faults that are not exceptions -----------------------------------------------
+
+
+class Panic(BaseException):
+    """Like pyo3's ``PanicException`` (a Rust panic in the tokenizer): not an ``Exception``."""
+
+
+def _workers() -> set[threading.Thread]:
+    return {t for t in threading.enumerate() if t.name.startswith("bge-rerank-worker")}
+
+
+def test_a_base_exception_in_a_shared_batch_reaches_only_its_caller_and_the_worker_lives_on() -> None:
+    def score(pairs: list[tuple[str, str]]) -> list[float]:
+        batches.append(len(pairs))
+        for _, passage in pairs:
+            if passage == "interrupt":
+                raise KeyboardInterrupt
+            if passage == "panic":
+                raise Panic("tokenizer panicked")
+        return model(pairs)
+
+    batches: list[int] = []
+    model = SlowFakeModel(delay=0.05)
+    scheduler = BatchScheduler([score])
+    blocker = scheduler.submit([("warm", "up")])
+    model.started.wait(5)
+    good = [scheduler.submit([("q", f"fine {i}")]) for i in range(3)]
+    interrupted = scheduler.submit([("q", "interrupt")])
+    panicked = scheduler.submit([("q", "panic")])
+    with pytest.raises(KeyboardInterrupt):
+        interrupted.result(timeout=30)
+    with pytest.raises(Panic, match="tokenizer panicked"):
+        panicked.result(timeout=30)
+    assert [f.result(timeout=30) for f in good] == [expected([("q", f"fine {i}")]) for i in range(3)]
+    blocker.result(timeout=30)
+    assert batches[1] == 5  # the five requests queued behind the blocker shared one batch
+    assert scheduler.submit([("q", "after")]).result(timeout=30) == expected([("q", "after")])
+
+
+def test_a_scheduler_nobody_references_ends_its_workers() -> None:
+    before = _workers()
+    scheduler = BatchScheduler([SlowFakeModel(delay=0.0), SlowFakeModel(delay=0.0)])
+    assert scheduler.submit([("q", "a")]).result(timeout=30) == expected([("q", "a")])
+    started = _workers() - before
+    assert len(started) == 2
+    del scheduler
+    gc.collect()
+    for worker in started:
+        worker.join(timeout=30)
+    assert not any(worker.is_alive() for worker in started)
+
+
+def test_close_serves_the_queued_requests_then_refuses_new_ones() -> None:
+    model = SlowFakeModel(delay=0.05)
+    scheduler = BatchScheduler([model])
+    before = _workers()
+    blocker = scheduler.submit([("warm", "up")])
+    model.started.wait(5)
+    queued = [scheduler.submit([("q", f"queued {i}")]) for i in range(3)]
+    started = _workers() - before
+    scheduler.close()  # returns once the workers have ended
+    assert all(f.done() for f in [blocker, *queued])
+    assert [f.result() for f in queued] == [expected([("q", f"queued {i}")]) for i in range(3)]
+    assert started
+    assert not any(worker.is_alive() for worker in started)
+    with pytest.raises(RerankError, match="closed"):
+        scheduler.submit([("q", "late")])
+    scheduler.close()  # idempotent

@@ -32,3 +32,7 @@ class Backend(Protocol):
     def score_pairs(self, pairs: Sequence[tuple[str, str]]) -> list[float]:
         """Raw relevance logits of ``pairs``, in input order, as plain floats."""
         ...
+
+    def close(self) -> None:
+        """Release what :meth:`load` made (weights, connections); idempotent. A later call loads again."""
+        ...

@@ -226,6 +226,22 @@ class LocalBackend:
         logger.info("loaded %s on %s in %s", cfg.model, device, dtype)
         self._model = model  # last: marks the backend as loaded
 
+    def close(self) -> None:
+        """Drop the weights and tokenizer (a later call loads them again); idempotent.
+
+        Waits for a forward pass in progress; on CUDA the freed memory goes back to the device.
+        """
+        with self._load_lock, self._device_lock:
+            model, self._model = self._model, None
+            device, self._device = self._device, None
+            self._encoder = None
+            self._packed = None
+        if model is not None and device is not None and device.type == "cuda":
+            import torch
+
+            del model
+            torch.cuda.empty_cache()
+
     def score_pairs(self, pairs: Sequence[tuple[str, str]]) -> list[float]:
         """Raw logits of ``pairs`` in input order; each batch runs exactly once."""
         import torch

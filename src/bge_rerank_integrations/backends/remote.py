@@ -26,14 +26,17 @@ import email.utils
 import logging
 import math
 import os
+import queue
 import random
 import re
 import threading
 import time
+import weakref
 from collections.abc import Callable, Iterator, Sequence
-from concurrent.futures import FIRST_EXCEPTION, Future, ThreadPoolExecutor, wait
+from concurrent.futures import FIRST_EXCEPTION, Future, wait
 from dataclasses import dataclass
-from typing import Any, ClassVar
+from types import TracebackType
+from typing import Any, ClassVar, TypeVar
 
 import httpx
 
@@ -196,6 +199,52 @@ class _RetryPolicy:
         return failed is None or not failed.is_set()
 
 
+_T = TypeVar("_T")
+
+
+class _DaemonPool:
+    """The ``submit`` and ``with`` of a ``ThreadPoolExecutor``, on daemon threads.
+
+    The interpreter waits for a ``ThreadPoolExecutor``'s threads at exit, so requests stuck on an
+    engine that never answers would hold up shutdown for their timeouts and retries; daemon threads
+    do not. Leaving the ``with`` block waits for the submitted calls, as the executor does.
+    """
+
+    def __init__(self, workers: int, name: str) -> None:
+        self._jobs: queue.SimpleQueue[tuple[Future[Any], Callable[..., Any], tuple[Any, ...]] | None]
+        self._jobs = queue.SimpleQueue()
+        self._threads = [
+            threading.Thread(target=self._run, name=f"{name}-{n}", daemon=True) for n in range(workers)
+        ]
+        for thread in self._threads:
+            thread.start()
+
+    def submit(self, fn: Callable[..., _T], *args: Any) -> Future[_T]:
+        future: Future[_T] = Future()
+        self._jobs.put((future, fn, args))
+        return future
+
+    def _run(self) -> None:
+        while (job := self._jobs.get()) is not None:
+            future, fn, args = job
+            if future.set_running_or_notify_cancel():
+                try:
+                    future.set_result(fn(*args))
+                except BaseException as exc:  # the caller gets it, as from an executor
+                    future.set_exception(exc)
+
+    def __enter__(self) -> _DaemonPool:
+        return self
+
+    def __exit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        for _ in self._threads:
+            self._jobs.put(None)
+        for thread in self._threads:
+            thread.join()
+
+
 @dataclass(frozen=True)
 class _Request:
     """One ``/rerank`` call: a query, some of its passages, and where their scores go."""
@@ -244,6 +293,7 @@ class RemoteBackend:
         self._transport = _transport
         self._retry = _retry or _RetryPolicy()
         self._client: httpx.Client | None = None
+        self._closer: weakref.finalize[Any, Any] | None = None
         self._lock = threading.Lock()
         # One bound for every call at once: the queue runs several calls side by side (see pass_tokens).
         self._slots = threading.BoundedSemaphore(config.max_concurrent_requests)
@@ -277,13 +327,16 @@ class RemoteBackend:
         with self._lock:
             if self._client is None:
                 self._client = self._make_client()
+                # A backend collected without close() still closes its connections.
+                self._closer = weakref.finalize(self, self._client.close)
+                self._closer.atexit = False
 
     def close(self) -> None:
         """Close the HTTP connections; a later call makes a new client."""
         with self._lock:
-            client, self._client = self._client, None
-        if client is not None:
-            client.close()
+            closer, self._closer, self._client = self._closer, None, None
+        if closer is not None:
+            closer()  # closes the client, once
 
     def _make_client(self) -> httpx.Client:
         from bge_rerank_integrations import __version__
@@ -325,7 +378,7 @@ class RemoteBackend:
                 self._place(scores, request, self._send(request, None))
             return scores
         failed = threading.Event()  # once one request fails for good, the others stop retrying
-        with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="bge-rerank-remote") as pool:
+        with _DaemonPool(workers, "bge-rerank-remote") as pool:
             futures: list[Future[list[float]]] = [pool.submit(self._send, r, failed) for r in requests]
             try:
                 done, _ = wait(futures, return_when=FIRST_EXCEPTION)

@@ -27,6 +27,8 @@ except ImportError as exc:
 
 from bge_rerank_integrations.adapter_support import (
     MODEL_SETTINGS,
+    RerankerHold,
+    adapter_config,
     adapter_reranker,
     check_top,
     text_with_meta,
@@ -243,16 +245,14 @@ class BGERanker:
         self.model_kwargs = model_kwargs
         self.tokenizer_kwargs = tokenizer_kwargs
         self.config_kwargs = config_kwargs
-        self._given_reranker = reranker
-        self._reranker: Reranker | None = None
+        self._hold = RerankerHold(reranker)
         if reranker is not None:
             if not isinstance(reranker, Reranker):
                 raise TypeError(f"reranker must be a Reranker, got {type(reranker).__name__}")
             given = {name: getattr(self, name) for name in _PARAMETERS}
             if self.model in (DEFAULT_MODEL, reranker.config.model):
                 given["model"] = None  # the default, or the reranker's own model, is no clash
-            self._reranker = adapter_reranker(given, reranker)
-            self.model = self._reranker.config.model
+            self.model = adapter_reranker(given, reranker).config.model
         else:
             RerankerConfig(**self._settings())  # fail now, naming the bad setting, not at warm-up
 
@@ -271,10 +271,11 @@ class BGERanker:
 
         Resolving it loads nothing; components with equal settings get the same instance.
         """
-        if self._reranker is None:
-            token = self.token.resolve_value() if self.token is not None else None
-            self._reranker = adapter_reranker({**self._settings(), "token": token})
-        return self._reranker
+        return self._hold.get(self._core_config)
+
+    def _core_config(self) -> RerankerConfig:
+        token = self.token.resolve_value() if self.token is not None else None
+        return adapter_config({**self._settings(), "token": token})
 
     def warm_up(self) -> None:
         """Load the model (shared with every component built with the same settings); idempotent."""
@@ -286,13 +287,32 @@ class BGERanker:
         if not reranker.is_loaded:
             await asyncio.to_thread(reranker.load)
 
+    def close(self) -> None:
+        """Let go of the shared model (``Pipeline.close()`` calls this); it unloads once nobody holds it.
+
+        Other components and adapters sharing the model keep it; this one takes it again (loading it if
+        needed) on its next ``warm_up`` or ``run``. A reranker passed in as ``reranker=`` is left alone.
+        """
+        self._hold.release()
+
+    async def close_async(self) -> None:
+        """:meth:`close` in a worker thread (``await Pipeline.close_async()`` calls this)."""
+        await asyncio.to_thread(self.close)
+
+    def __getstate__(self) -> dict[str, Any]:
+        """Copies and pickles carry the settings: each finds its process's shared model on first use.
+
+        A given ``reranker`` is copied by its own rules (an unshared one becomes an equivalent new one).
+        """
+        return {**self.__dict__, "_hold": copy.copy(self._hold)}
+
     def to_dict(self) -> dict[str, Any]:
         """Serialize the init parameters (device only if one was given; secrets as their env-var names).
 
         :raises SerializationError: the component was built with a ready ``reranker``.
         :raises ValueError: ``token`` is a plain token (``Secret.from_token``), which Haystack never saves.
         """
-        if self._given_reranker is not None:
+        if self._hold.given is not None:
             raise SerializationError(
                 "BGERanker built with reranker=... cannot be saved: a Reranker object is not a setting a "
                 "pipeline file can hold. Build it from settings instead, e.g. "
