@@ -398,6 +398,7 @@ def test_help_shows_the_cores_defaults_and_the_record_shapes(capsys: pytest.Capt
         "real tokens for XLM-RoBERTa models",
         '"results": [{"index": I, "score": S, "text": "..." (with --include-text)}, ...]',
         "--local-files-only",
+        'a field named "line" or "results" is a bad line',
     ]:
         assert "".join(shown.split()) in text, shown
 
