@@ -169,6 +169,45 @@ def test_one_bad_line_never_costs_the_good_ones(model_dir: Path, tmp_path: Path,
     ]
 
 
+def test_a_line_beyond_what_json_can_hold_is_one_bad_record(model_dir: Path, tmp_path: Path) -> None:
+    # Each of these once ended the whole run (a traceback, or "exceeds the limit ... digits") or
+    # wrote "Infinity", which is not JSON, into the output.
+    deep = 100_000
+    bad = {
+        2: b'{"query": "q", "passages": ["p"], "id": ' + b"[" * deep + b"]" * deep + b"}\n",
+        4: b'{"query": "q", "passages": ["p"], "id": ' + b"9" * 5000 + b"}\n",
+        6: b'{"query": "q", "passages": ["p"], "id": 1e400}\n',
+        8: b'{"query": "q", "passages": ["p"], "score": -2.5E999}\n',  # even in a field not carried
+    }
+    nested: object = "x"
+    for _ in range(900):  # as deep as the parser reads: carried and written back whole
+        nested = [nested]
+    good = {n: _record(f"query {n}", PASSAGES, id=nested if n == 7 else n) for n in (1, 3, 5, 7, 9)}
+    source = tmp_path / "requests.jsonl"
+    source.write_bytes(b"".join({**good, **bad}[n] for n in sorted({**good, **bad})))
+    result = subprocess.run(
+        [*CLI, "rank", str(source), "--model", str(model_dir)],
+        capture_output=True,
+        env=child_env(),
+        timeout=120,
+    )
+    assert result.returncode == 2, result.stderr
+    records = [json.loads(line) for line in result.stdout.decode("utf-8").splitlines()]
+    assert [r["line"] for r in records] == sorted(good)
+    assert records[3]["id"] == nested
+    for record in records:
+        expected = _expected(model_dir, record["query"], PASSAGES)
+        assert [r["index"] for r in record["results"]] == [r["index"] for r in expected]
+        assert [r["score"] for r in record["results"]] == pytest.approx([r["score"] for r in expected])
+    assert result.stderr.decode("utf-8").splitlines() == [
+        "line 2: arrays or objects nested too deeply to read",
+        "line 4: a number of 5000 digits is longer than can be read (at most 4300)",
+        "line 6: the number 1e400 is too large for a double",
+        "line 8: the number -2.5E999 is too large for a double",
+        "4 bad record(s), lines: 2, 4, 6, 8",
+    ]
+
+
 def test_messages_say_what_is_wrong(
     model_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
@@ -359,6 +398,7 @@ def test_help_shows_the_cores_defaults_and_the_record_shapes(capsys: pytest.Capt
         "real tokens for XLM-RoBERTa models",
         '"results": [{"index": I, "score": S, "text": "..." (with --include-text)}, ...]',
         "--local-files-only",
+        'a field named "line" or "results" is a bad line',
     ]:
         assert "".join(shown.split()) in text, shown
 

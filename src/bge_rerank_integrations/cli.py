@@ -39,7 +39,8 @@ output: one line per good request, in input order:
   {"line": N, "query": "...", "id": ... (if given), other fields (with --keep-fields),
    "results": [{"index": I, "score": S, "text": "..." (with --include-text)}, ...]}
   results are best first; index is the passage's position in "passages" (from 0); score is in
-  0..1 (the sigmoid of the logit), or the raw logit with --raw.
+  0..1 (the sigmoid of the logit), or the raw logit with --raw. With --keep-fields, a request
+  with a field named "line" or "results" is a bad line (rename the field to keep it).
 A bad line (not UTF-8, not JSON, a missing or mistyped field, a lone surrogate such as "\\ud800")
 is reported on stderr with its number and skipped; the others are still written, and the exit
 code is 2."""

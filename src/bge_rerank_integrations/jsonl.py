@@ -9,8 +9,10 @@ Windows write one); anywhere else it is a bad line. Output is UTF-8 JSON, one ob
 from __future__ import annotations
 
 import json
+import math
 import os
 import stat
+import sys
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import IO, Any
@@ -76,9 +78,11 @@ def parse_request(number: int, raw: bytes, *, keep_fields: bool = False) -> Requ
     """The request on line ``number``.
 
     Raises:
-        BadRecord: the line is not UTF-8 or not JSON, or the record lacks a string ``query`` or a
-            list of string ``passages``, or a string holds a lone surrogate (not valid Unicode), or
-            (with ``keep_fields``) a field would overwrite ``line`` or ``results``.
+        BadRecord: the line is not UTF-8 or not JSON (``NaN``, a number beyond a double, an integer
+            of more digits than Python reads, nesting too deep to parse all count as not JSON), or
+            the record lacks a string ``query`` or a list of string ``passages``, or a string holds
+            a lone surrogate (not valid Unicode), or (with ``keep_fields``) a field would overwrite
+            ``line`` or ``results``.
     """
     text = _decode(number, raw).rstrip("\r\n")
     if text.startswith("\ufeff"):
@@ -86,10 +90,14 @@ def parse_request(number: int, raw: bytes, *, keep_fields: bool = False) -> Requ
             "a byte-order mark (U+FEFF) starts the line; only the input's first line may have one"
         )
     try:
-        record = json.loads(text, parse_constant=_reject_constant)
+        record = json.loads(
+            text, parse_constant=_reject_constant, parse_int=_parse_int, parse_float=_parse_float
+        )
     except json.JSONDecodeError as exc:
         # Column only: the parser's own "line 1" (or "line 2" past a newline) means nothing here.
         raise BadRecord(f"not valid JSON: {exc.msg} at column {exc.colno}") from None
+    except RecursionError:  # [[[[...]]]] a thousand deep: Python's parser cannot follow it
+        raise BadRecord("arrays or objects nested too deeply to read") from None
     if not isinstance(record, dict):
         raise BadRecord(f"a record must be a JSON object with 'query' and 'passages', got {_kind(record)}")
     if "query" not in record:
@@ -146,25 +154,52 @@ def _decode(number: int, raw: bytes) -> str:
 
 
 def _check_unicode(where: str, value: Any) -> None:
-    """Refuse a lone surrogate (JSON's ``"\\ud800"``) anywhere in ``value``: UTF-8 cannot hold one."""
-    if isinstance(value, str):
-        for position, char in enumerate(value, start=1):
-            if "\ud800" <= char <= "\udfff":
-                raise BadRecord(
-                    f"{where} holds a lone surrogate (\\u{ord(char):04x}, character {position}), "
-                    "which is not valid Unicode"
-                )
-    elif isinstance(value, dict):
-        for key, item in value.items():
-            _check_unicode(where, key)
-            _check_unicode(where, item)
-    elif isinstance(value, list):
-        for item in value:
-            _check_unicode(where, item)
+    """Refuse a lone surrogate (JSON's ``"\\ud800"``) anywhere in ``value``: UTF-8 cannot hold one.
+
+    A walk with a list rather than recursion: a value nested as deep as the parser allows must not
+    exhaust Python's stack here.
+    """
+    pending = [value]
+    while pending:
+        item = pending.pop()
+        if isinstance(item, str):
+            for position, char in enumerate(item, start=1):
+                if "\ud800" <= char <= "\udfff":
+                    raise BadRecord(
+                        f"{where} holds a lone surrogate (\\u{ord(char):04x}, character {position}), "
+                        "which is not valid Unicode"
+                    )
+        elif isinstance(item, dict):
+            for key, member in item.items():
+                pending += (key, member)
+        elif isinstance(item, list):
+            pending += item
 
 
 def _reject_constant(name: str) -> Any:
     raise BadRecord(f"not valid JSON: {name} is not a JSON number")
+
+
+def _parse_int(digits: str) -> int:
+    """A JSON integer; one longer than Python converts (4300 digits by default) is a bad record."""
+    try:
+        return int(digits)
+    except ValueError:
+        raise BadRecord(
+            f"a number of {len(digits.lstrip('-'))} digits is longer than can be read "
+            f"(at most {sys.get_int_max_str_digits()})"
+        ) from None
+
+
+def _parse_float(text: str) -> float:
+    """A JSON number with a fraction or exponent; one beyond a double's range (``1e400``) is a bad record.
+
+    Read as infinity it would come out as ``Infinity``, which is not JSON.
+    """
+    value = float(text)
+    if math.isinf(value):
+        raise BadRecord(f"the number {text:.40} is too large for a double")
+    return value
 
 
 def _kind(value: object) -> str:
