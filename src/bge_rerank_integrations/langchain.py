@@ -9,10 +9,9 @@ rebuild the documents; adapters built with the same model settings share one loa
 from __future__ import annotations
 
 import copy
-import enum
 import json
 from collections.abc import Mapping, Sequence
-from typing import Any, Literal
+from typing import Any
 
 try:
     from langchain_core.callbacks import Callbacks
@@ -35,13 +34,8 @@ RerankDocument = str | Mapping[str, Any] | Document
 """What :meth:`BGERerankCompressor.rerank` ranks: plain text, a dict of fields, or a LangChain document."""
 
 
-class _Unset(enum.Enum):
-    """Type of :data:`_UNSET`: an argument not given, told apart from ``None`` ("every document")."""
-
-    UNSET = "UNSET"
-
-
-_UNSET = _Unset.UNSET
+_INSTANCE_TOP_N = -1
+"""``rerank(top_n=...)``'s default, as in ``CohereRerank``: below 1 means the instance's ``top_n``."""
 
 
 class BGERerankCompressor(RerankerSettings, BaseDocumentCompressor):
@@ -104,7 +98,7 @@ class BGERerankCompressor(RerankerSettings, BaseDocumentCompressor):
             ValueError: ``top_n`` was set below 1 after construction (``model_copy(update=...)``).
         """
         texts = self._texts(_check_documents(documents), None)
-        ranked = self._reranker.rank(query, texts, top_n=self._top_n(_UNSET), normalize=self.normalize)
+        ranked = self._reranker.rank(query, texts, top_n=self._top_n(self.top_n), normalize=self.normalize)
         return _rebuilt(documents, ranked)
 
     async def acompress_documents(
@@ -115,7 +109,9 @@ class BGERerankCompressor(RerankerSettings, BaseDocumentCompressor):
     ) -> Sequence[Document]:
         """:meth:`compress_documents` with the scoring off the event loop (the core's ``arank``)."""
         texts = self._texts(_check_documents(documents), None)
-        ranked = await self._reranker.arank(query, texts, top_n=self._top_n(_UNSET), normalize=self.normalize)
+        ranked = await self._reranker.arank(
+            query, texts, top_n=self._top_n(self.top_n), normalize=self.normalize
+        )
         return _rebuilt(documents, ranked)
 
     def rerank(
@@ -124,7 +120,7 @@ class BGERerankCompressor(RerankerSettings, BaseDocumentCompressor):
         query: str,
         *,
         rank_fields: Sequence[str] | None = None,
-        top_n: int | Literal[_Unset.UNSET] | None = _UNSET,
+        top_n: int | None = _INSTANCE_TOP_N,
     ) -> list[dict[str, Any]]:
         """Rank ``documents`` against ``query``: ``[{"index": i, "relevance_score": s}, ...]``, best first.
 
@@ -144,12 +140,13 @@ class BGERerankCompressor(RerankerSettings, BaseDocumentCompressor):
             documents: the texts to rank; an empty sequence returns ``[]`` without loading the model.
             query: the query to rank against.
             rank_fields: the dict keys to score, in this order.
-            top_n: most results to return; not given, the instance's ``top_n``; ``None`` returns all.
+            top_n: most results to return; ``None`` returns all; not given, or below 1 (Cohere's
+                ``-1`` default), the instance's ``top_n``.
 
         Raises:
             TypeError: ``query`` is not a ``str``, a document is of another type, or ``rank_fields``
                 is a bare string.
-            ValueError: ``top_n`` is below 1.
+            ValueError: the instance's ``top_n`` was set below 1 after construction.
         """
         texts = self._texts(documents, rank_fields)
         ranked = self._reranker.rank(query, texts, top_n=self._top_n(top_n), normalize=self.normalize)
@@ -161,17 +158,20 @@ class BGERerankCompressor(RerankerSettings, BaseDocumentCompressor):
         query: str,
         *,
         rank_fields: Sequence[str] | None = None,
-        top_n: int | Literal[_Unset.UNSET] | None = _UNSET,
+        top_n: int | None = _INSTANCE_TOP_N,
     ) -> list[dict[str, Any]]:
         """:meth:`rerank` without blocking the event loop (the core's ``arank``)."""
         texts = self._texts(documents, rank_fields)
         ranked = await self._reranker.arank(query, texts, top_n=self._top_n(top_n), normalize=self.normalize)
         return _as_dicts(ranked)
 
-    def _top_n(self, top_n: int | Literal[_Unset.UNSET] | None) -> int | None:
+    def _top_n(self, top_n: int | None) -> int | None:
+        """The ``top_n`` of one call: ``top_n``, or the instance's when it is below 1 (Cohere's rule)."""
+        if isinstance(top_n, int) and not isinstance(top_n, bool) and top_n < 1:
+            top_n = self.top_n
         # The instance's top_n is checked on construction and assignment; this also catches
         # model_copy(update=...), which skips validation.
-        return check_top("top_n", self.top_n if top_n is _UNSET else top_n)
+        return check_top("top_n", top_n)
 
     def _texts(self, documents: object, rank_fields: object) -> list[str]:
         """The scored text of each document (the rules are in :meth:`rerank`'s docstring)."""

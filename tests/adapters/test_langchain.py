@@ -468,6 +468,9 @@ def test_rerank_strings_like_the_core(model: str, core: Reranker) -> None:
     assert [r["relevance_score"] for r in result] == pytest.approx([w.score for w in want[:3]], rel=1e-6)
     assert [r["index"] for r in compressor.rerank(TEXTS, QUERY, top_n=None)] == [w.index for w in want]
     assert len(compressor.rerank(TEXTS, QUERY, top_n=5)) == 5
+    # Cohere's convention: its default -1, and any top_n below 1, mean the instance's top_n.
+    assert compressor.rerank(TEXTS, QUERY, top_n=-1) == result
+    assert compressor.rerank(TEXTS, QUERY, top_n=0) == result
     raw = BGERerankCompressor(model=model, normalize=False).rerank(TEXTS, QUERY, top_n=1)
     assert raw[0]["relevance_score"] == pytest.approx(core.score(QUERY, TEXTS)[want[0].index], rel=1e-6)
 
@@ -554,7 +557,6 @@ async def test_rerank_of_nothing_loads_nothing(model: str) -> None:
         ("one string", {}, TypeError, "documents must be a sequence, got str"),
         ([TEXTS[0]], {"rank_fields": "content"}, TypeError, "rank_fields must be a list of keys"),
         ([TEXTS[0]], {"rank_fields": ["content", 1]}, TypeError, r"rank_fields\[1\] must be a str"),
-        ([TEXTS[0]], {"top_n": 0}, ValueError, "top_n must be >= 1, got 0"),
         ([TEXTS[0]], {"top_n": "2"}, TypeError, "top_n must be an int or None"),
     ],
 )
