@@ -190,3 +190,17 @@ def test_soak_counts_a_wrong_score_as_wrong(model_dir: Path) -> None:
     soak.judge([("q", "a"), ("q", "b")], right[:1])  # a score missing
     assert (soak.tally.exact, soak.tally.wrong) == (1, 2)
     assert len(soak.tally.examples) == 2
+
+
+def test_leaks_reports_the_three_cases(capsys: pytest.CaptureFixture[str]) -> None:
+    from benchmarks.leaks import main
+
+    assert main(["--count", "2"]) == 0
+    rows = [line for line in capsys.readouterr().out.splitlines() if line.startswith("| ")]
+    assert [row.split(" | ")[0] for row in rows[1:]] == [
+        "| dropped without close()",
+        "| closed, still referenced",
+        "| kept loaded (what a leak costs)",
+    ]
+    assert rows[1].split(" | ")[1] == "0"  # a dropped reranker leaves no thread behind
+    assert rows[3].split(" | ")[1] == "2"  # kept ones keep theirs: the report can tell them apart
