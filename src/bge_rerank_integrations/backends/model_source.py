@@ -16,7 +16,7 @@ from pathlib import Path
 
 from bge_rerank_integrations.errors import ModelLoadError
 
-__all__ = ["check_model_name", "load_error_message"]
+__all__ = ["check_model_name", "is_hub_id", "load_error_message"]
 
 # huggingface_hub's rule for a repo id: "name" or "org/name", each part of letters, digits, "-", "_"
 # and ".", not starting or ending with "-" or ".", no "--" or "..", at most 96 characters.
