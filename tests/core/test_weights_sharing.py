@@ -171,3 +171,25 @@ def test_concurrent_calls_on_shared_weights_get_exact_scores(folder: Path) -> No
     assert [rr.score(QUERY, LONG) for rr in rerankers] == expected
     for rr in rerankers:
         rr.close()
+
+
+def test_a_max_length_beyond_the_model_is_refused_on_shared_weights_too(
+    folder: Path, loads: list[str]
+) -> None:
+    loaded = Reranker(folder, device="cpu").load()
+    expected = loaded.score(QUERY, PASSAGES)
+    with pytest.raises(ValueError, match="max_length=9000 exceeds the model's limit of 8192 tokens"):
+        Reranker(folder, device="cpu", max_length=9000).load()
+    assert loads == [str(folder)]  # refused without loading anything
+    assert loaded.score(QUERY, PASSAGES) == expected
+    loaded.close()
+
+
+def test_rerankers_loading_at_once_load_the_weights_once(folder: Path, loads: list[str]) -> None:
+    rerankers = [Reranker(folder, device="cpu", max_length=64 + 16 * i) for i in range(6)]
+    with ThreadPoolExecutor(max_workers=6) as pool:
+        models = list(pool.map(weights_of, rerankers))
+    assert loads == [str(folder)]
+    assert all(model is models[0] for model in models)
+    for rr in rerankers:
+        rr.close()
