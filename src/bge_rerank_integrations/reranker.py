@@ -3,7 +3,8 @@
 One class with a clear split: construction stores settings (cheap), :meth:`Reranker.load` or the
 first call loads the model, :meth:`Reranker.score` returns one float per passage in input order and
 :meth:`Reranker.rank` sorts them. :meth:`Reranker.shared` gives one instance per process per settings,
-which is how the framework adapters share a single loaded model. :meth:`Reranker.close` (or ``with``)
+which is how the framework adapters share one queue; local rerankers whose settings load the same
+weights share one loaded model whatever their scoring options. :meth:`Reranker.close` (or ``with``)
 ends its threads and drops its weights and connections; a reranker nobody references does so too.
 """
 
@@ -186,8 +187,12 @@ class Reranker:
     def shared(cls, model: str | os.PathLike[str] = DEFAULT_MODEL, **settings: Any) -> Reranker:
         """The process-wide instance for these settings, created on first request.
 
-        Every adapter built with the same settings gets the same instance, so the weights are in
-        memory once. Settings are compared as given: ``device=None`` and ``device="cpu"`` are two keys.
+        Every adapter built with the same settings gets the same instance (one queue, so concurrent
+        calls share forward passes). Settings are compared as given: ``device=None`` and
+        ``device="cpu"`` are two instances. The weights are in memory once either way: every local
+        reranker whose settings load the same weights (model, revision, token, cache, local-files-only,
+        trust-remote-code, the device and dtype they resolve to) shares one loaded copy, whatever its
+        scoring options (lengths, windows, batch budget, normalization).
 
         The instance stays (loaded) until closed: each call takes a hold on it and each :meth:`close`
         gives one back; the last one given back closes it, and the next call makes a new one.

@@ -9,6 +9,7 @@ transformers 5, its decode-and-re-tokenize round trip, which is lossy for ``<unk
 
 from __future__ import annotations
 
+import copy
 import re
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -67,7 +68,8 @@ class PairEncoder:
     """Turns (query, passage) texts into reference-exact input ids, thread-safely.
 
     It owns a private copy of the fast tokenizer with truncation and padding switched off, so that
-    concurrent callers never mutate shared tokenizer state ("Already borrowed").
+    concurrent callers never mutate shared tokenizer state ("Already borrowed"); the copy is never
+    changed afterwards, so the encoders :meth:`with_lengths` makes share it.
     """
 
     def __init__(
@@ -81,11 +83,7 @@ class PairEncoder:
         """Wrap a ``tokenizers.Tokenizer`` (copied, so the caller's stays untouched)."""
         from tokenizers import Tokenizer
 
-        if query_max_length + template.num_special_tokens > max_length:
-            raise ValueError(
-                f"query_max_length ({query_max_length}) plus {template.num_special_tokens} special "
-                f"tokens exceeds max_length ({max_length})"
-            )
+        _check_lengths(template, max_length, query_max_length)
         own = Tokenizer.from_str(tokenizer.to_str())
         own.no_truncation()
         own.no_padding()
@@ -93,6 +91,14 @@ class PairEncoder:
         self.template = template
         self.max_length = max_length
         self.query_max_length = query_max_length
+
+    def with_lengths(self, *, max_length: int, query_max_length: int) -> PairEncoder:
+        """This encoder with other length limits, sharing its tokenizer (which is never mutated)."""
+        _check_lengths(self.template, max_length, query_max_length)
+        resized = copy.copy(self)
+        resized.max_length = max_length
+        resized.query_max_length = query_max_length
+        return resized
 
     @classmethod
     def from_transformers(cls, tokenizer: Any, *, max_length: int, query_max_length: int) -> PairEncoder:
@@ -167,3 +173,11 @@ class PairEncoder:
 
 
 _LONE_SURROGATE = re.compile("[\ud800-\udfff]")
+
+
+def _check_lengths(template: PairTemplate, max_length: int, query_max_length: int) -> None:
+    if query_max_length + template.num_special_tokens > max_length:
+        raise ValueError(
+            f"query_max_length ({query_max_length}) plus {template.num_special_tokens} special "
+            f"tokens exceeds max_length ({max_length})"
+        )

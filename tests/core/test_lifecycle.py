@@ -136,24 +136,34 @@ def _use_once(model_dir: Path) -> Reranker:
     return rr
 
 
-def test_thirty_dropped_rerankers_return_their_threads_and_memory(model_dir: Path) -> None:
+def _folders(model_dir: Path, tmp_path: Path, count: int) -> list[Path]:
+    """``count`` names of the test model: rerankers of one folder share its weights, these load their own."""
+    folders = [tmp_path / f"model-{i}" for i in range(count)]
+    for folder in folders:
+        folder.symlink_to(model_dir, target_is_directory=True)
+    return folders
+
+
+def test_thirty_dropped_rerankers_return_their_threads_and_memory(model_dir: Path, tmp_path: Path) -> None:
     del_me = _use_once(model_dir)  # warm-up: imports, allocator pools, progress-bar thread
     del del_me
     gc.collect()
     threads, rss = set(threading.enumerate()), rss_bytes()
-    for _ in range(30):
-        _use_once(model_dir)  # dropped at once
+    for folder in _folders(model_dir, tmp_path, 30):
+        _use_once(folder)  # dropped at once
     gc.collect()
     assert not still_running(set(threading.enumerate()) - threads)
     assert rss_bytes() - rss < memory_bound(model_dir)
 
 
-def test_thirty_closed_rerankers_still_referenced_return_their_threads_and_memory(model_dir: Path) -> None:
+def test_thirty_closed_rerankers_still_referenced_return_their_threads_and_memory(
+    model_dir: Path, tmp_path: Path
+) -> None:
     _use_once(model_dir).close()
     threads, rss = set(threading.enumerate()), rss_bytes()
     kept = []
-    for _ in range(30):
-        rr = _use_once(model_dir)
+    for folder in _folders(model_dir, tmp_path, 30):
+        rr = _use_once(folder)
         rr.close()
         kept.append(rr)
     gc.collect()
@@ -162,11 +172,13 @@ def test_thirty_closed_rerankers_still_referenced_return_their_threads_and_memor
     assert not any(rr.is_loaded for rr in kept)
 
 
-def test_the_memory_bound_is_exceeded_by_thirty_rerankers_kept_loaded(model_dir: Path) -> None:
+def test_the_memory_bound_is_exceeded_by_thirty_rerankers_kept_loaded(
+    model_dir: Path, tmp_path: Path
+) -> None:
     # The bound above must be able to fail: 30 live models exceed it.
     gc.collect()
     rss = rss_bytes()
-    kept = [_use_once(model_dir) for _ in range(30)]
+    kept = [_use_once(folder) for folder in _folders(model_dir, tmp_path, 30)]
     assert rss_bytes() - rss > memory_bound(model_dir)
     for rr in kept:
         rr.close()

@@ -6,11 +6,14 @@ and cut into batches under a token budget. XLM-RoBERTa models (bge-reranker-v2-m
 (``backends.packed``: no pad tokens; on CPU at most 63 spare rows a pass); other models run padded
 batches, where the budget counts padded tokens. Each batch runs once, in fp16 on CUDA and fp32 on
 CPU by default; logits come back as fp32, in input order, copied to the host once a call. A CUDA
-out-of-memory error splits the batch in two and retries instead of failing the call.
+out-of-memory error splits the batch in two and retries instead of failing the call. Backends whose
+settings load the same weights (``backends.weights``) share one copy of them and one device lock.
 """
 
 from __future__ import annotations
 
+import copy
+import functools
 import itertools
 import logging
 import math
@@ -20,6 +23,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from bge_rerank_integrations.backends.model_source import check_model_name, load_error_message
+from bge_rerank_integrations.backends.weights import LoadedWeights, WeightsKey, shared_weights
 from bge_rerank_integrations.batching import padded_length, plan_batches, plan_packed_batches
 from bge_rerank_integrations.config import RerankerConfig
 from bge_rerank_integrations.errors import ModelLoadError
@@ -143,6 +147,7 @@ class LocalBackend:
         self._pad_id = 0
         self._multiple = 1
         self._packed: PackedForward | None = None
+        self._weights: LoadedWeights | None = None
         self.stats = ForwardStats()
 
     @property
@@ -180,60 +185,32 @@ class LocalBackend:
     def _load(self) -> None:
         cfg = self.config
         device = resolve_device(self._device_name)
-        check_model_name(cfg.model, cache_dir=cfg.cache_dir, revision=cfg.revision)  # before the hub
-
-        from transformers import AutoConfig, AutoModelForSequenceClassification, AutoTokenizer
-
-        dtype = _torch_dtype(cfg.dtype, device)
-        hub_kwargs: dict[str, Any] = {
-            "revision": cfg.revision,
-            "token": cfg.token,
-            "cache_dir": cfg.cache_dir,
-            "local_files_only": cfg.local_files_only,
-            "trust_remote_code": cfg.trust_remote_code,
-        }
-        try:
-            # The config first: it is small, and a wrong model or max_length fails before 2 GB load.
-            model_cfg = AutoConfig.from_pretrained(cfg.model, **hub_kwargs)
-        except (OSError, ValueError, KeyError) as exc:  # hub, file and config errors all land here
-            raise ModelLoadError(_load_error_message(cfg, exc)) from exc
-        if getattr(model_cfg, "num_labels", None) != 1:
-            raise ModelLoadError(
-                f"{cfg.model!r} has {model_cfg.num_labels} output labels; a reranker (cross-encoder) "
-                "has exactly one relevance logit"
-            )
-        limit = _position_limit(model_cfg)
-        if limit is not None and cfg.max_length > limit:
-            raise ValueError(f"max_length={cfg.max_length} exceeds the model's limit of {limit} tokens")
-        try:
-            tokenizer = AutoTokenizer.from_pretrained(cfg.model, **hub_kwargs)
-            model = AutoModelForSequenceClassification.from_pretrained(
-                cfg.model, config=model_cfg, dtype=dtype, **hub_kwargs
-            )
-        except (OSError, ValueError, KeyError, RuntimeError) as exc:  # missing or mismatched files
-            raise ModelLoadError(_load_error_message(cfg, exc)) from exc
-
-        self._encoder = PairEncoder.from_transformers(
-            tokenizer, max_length=cfg.max_length, query_max_length=cfg.resolved_query_max_length
+        # Backends that differ only in how they score share the weights loaded for the first of them.
+        weights = shared_weights(_weights_key(cfg, device), functools.partial(_load_weights, cfg, device))
+        _check_max_length(cfg.max_length, weights.position_limit)
+        self._encoder = weights.encoder.with_lengths(
+            max_length=cfg.max_length, query_max_length=cfg.resolved_query_max_length
         )
-        pad_id = tokenizer.pad_token_id
-        self._pad_id = int(pad_id) if pad_id is not None else 0
+        self._pad_id = weights.pad_id
         self._multiple = 8 if device.type == "cuda" else 1
-        model.to(device)
-        model.eval()
-        self._packed = _packed_forward(model, device)
-        self._device = device
-        logger.info("loaded %s on %s in %s", cfg.model, device, dtype)
-        self._model = model  # last: marks the backend as loaded
+        # A view of the shared padding-free forward: its tuning (chunk size, attention) is this
+        # backend's own, its weights are the shared ones.
+        self._packed = copy.copy(weights.packed)
+        self._device_lock = weights.lock  # one forward pass at a time on these weights, for all users
+        self._device = weights.device
+        self._weights = weights
+        self._model = weights.model  # last: marks the backend as loaded
 
     def close(self) -> None:
-        """Drop the weights and tokenizer (a later call loads them again); idempotent.
+        """Drop this backend's hold on the weights and tokenizer (a later call loads them again); idempotent.
 
-        Waits for a forward pass in progress; on CUDA the freed memory goes back to the device.
+        Waits for a forward pass in progress. The weights are freed once no other backend uses them
+        (see :mod:`~.backends.weights`); on CUDA the freed memory goes back to the device.
         """
         with self._load_lock, self._device_lock:
             model, self._model = self._model, None
             device, self._device = self._device, None
+            self._weights = None  # the weights go once no other backend refers to them
             self._encoder = None
             self._packed = None
         if model is not None and device is not None and device.type == "cuda":
@@ -328,6 +305,99 @@ class LocalBackend:
         stats.real_tokens += real
         stats.computed_tokens += computed
         stats.forward_passes += 1
+
+
+def _load_weights(cfg: RerankerConfig, device: torch.device) -> LoadedWeights:
+    """Load tokenizer and weights of ``cfg`` onto ``device`` (what :func:`shared_weights` shares)."""
+    check_model_name(cfg.model, cache_dir=cfg.cache_dir, revision=cfg.revision)  # before the hub
+
+    from transformers import AutoConfig, AutoModelForSequenceClassification, AutoTokenizer
+
+    dtype = _torch_dtype(cfg.dtype, device)
+    hub_kwargs: dict[str, Any] = {
+        "revision": cfg.revision,
+        "token": cfg.token,
+        "cache_dir": cfg.cache_dir,
+        "local_files_only": cfg.local_files_only,
+        "trust_remote_code": cfg.trust_remote_code,
+    }
+    try:
+        # The config first: it is small, and a wrong model or max_length fails before 2 GB load.
+        model_cfg = AutoConfig.from_pretrained(cfg.model, **hub_kwargs)
+    except (OSError, ValueError, KeyError) as exc:  # hub, file and config errors all land here
+        raise ModelLoadError(_load_error_message(cfg, exc)) from exc
+    if getattr(model_cfg, "num_labels", None) != 1:
+        raise ModelLoadError(
+            f"{cfg.model!r} has {model_cfg.num_labels} output labels; a reranker (cross-encoder) "
+            "has exactly one relevance logit"
+        )
+    limit = _position_limit(model_cfg)
+    _check_max_length(cfg.max_length, limit)
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(cfg.model, **hub_kwargs)
+        model = AutoModelForSequenceClassification.from_pretrained(
+            cfg.model, config=model_cfg, dtype=dtype, **hub_kwargs
+        )
+    except (OSError, ValueError, KeyError, RuntimeError) as exc:  # missing or mismatched files
+        raise ModelLoadError(_load_error_message(cfg, exc)) from exc
+
+    encoder = PairEncoder.from_transformers(
+        tokenizer, max_length=cfg.max_length, query_max_length=cfg.resolved_query_max_length
+    )
+    pad_id = tokenizer.pad_token_id
+    model.to(device)
+    model.eval()
+    packed = _packed_forward(model, device)
+    logger.info("loaded %s on %s in %s", cfg.model, device, dtype)
+    return LoadedWeights(
+        model=model,
+        tokenizer=tokenizer,
+        encoder=encoder,
+        device=device,
+        pad_id=int(pad_id) if pad_id is not None else 0,
+        packed=packed,
+        position_limit=limit,
+    )
+
+
+def _weights_key(cfg: RerankerConfig, device: torch.device) -> WeightsKey:
+    """What decides the weights ``cfg`` loads on ``device``: equal keys share one load."""
+    return WeightsKey(
+        model=cfg.model,
+        revision=cfg.revision,
+        token=cfg.token,
+        cache_dir=cfg.cache_dir,
+        local_files_only=cfg.local_files_only,
+        trust_remote_code=cfg.trust_remote_code,
+        device=_device_key(device),
+        dtype=_dtype_name(cfg.dtype, device),
+    )
+
+
+def _device_key(device: torch.device) -> str:
+    """``device`` with its index, so that ``"cuda"`` and ``"cuda:0"`` (the current GPU) compare equal."""
+    import torch
+
+    if device.type == "cpu" or device.index is not None:
+        return str(device)
+    if device.type == "cuda":
+        return f"cuda:{torch.cuda.current_device()}"
+    xpu = getattr(torch, "xpu", None)
+    if device.type == "xpu" and xpu is not None:
+        return f"xpu:{xpu.current_device()}"
+    return f"{device.type}:0"
+
+
+def _dtype_name(name: str, device: torch.device) -> str:
+    """The configured dtype with ``"auto"`` resolved for ``device`` (as :func:`_torch_dtype` does)."""
+    if name == "auto":
+        return "float16" if device.type == "cuda" else "float32"
+    return name
+
+
+def _check_max_length(max_length: int, limit: int | None) -> None:
+    if limit is not None and max_length > limit:
+        raise ValueError(f"max_length={max_length} exceeds the model's limit of {limit} tokens")
 
 
 def _packed_forward(model: Any, device: torch.device) -> PackedForward | None:
