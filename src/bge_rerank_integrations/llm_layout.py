@@ -39,12 +39,12 @@ that identify it (:func:`detect_llm_kind`). For the kind boundary (issue 13) the
 
 from __future__ import annotations
 
-import re
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Literal
 
 from bge_rerank_integrations.errors import ModelLoadError
+from bge_rerank_integrations.tokenization import text_ids
 
 if TYPE_CHECKING:
     from tokenizers import Tokenizer
@@ -285,14 +285,7 @@ class LLMPairEncoder:
         return ids[-limit:] if self.truncation_side == "left" else ids[:limit]
 
     def _ids(self, texts: list[str]) -> list[list[int]]:
-        try:
-            encodings = self._tokenizer.encode_batch_fast(texts, add_special_tokens=False)
-        except TypeError:
-            # A lone surrogate is not valid Unicode and the Rust tokenizer refuses the whole batch;
-            # score it as U+FFFD instead (the reference raises).
-            clean = [_LONE_SURROGATE.sub("\ufffd", t) for t in texts]
-            encodings = self._tokenizer.encode_batch_fast(clean, add_special_tokens=False)
-        return [e.ids for e in encodings]
+        return text_ids(self._tokenizer, texts)
 
 
 def _template(instruction: str | None, template: str) -> Callable[[str], str]:
@@ -305,6 +298,3 @@ def _template(instruction: str | None, template: str) -> Callable[[str], str]:
     except (IndexError, KeyError, ValueError) as exc:
         raise ValueError(f"instruction format {template!r} must take two fields, '{{}}{{}}'-style") from exc
     return lambda text: fmt.format(instruction, text)
-
-
-_LONE_SURROGATE = re.compile("[\ud800-\udfff]")

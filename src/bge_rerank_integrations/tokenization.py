@@ -20,7 +20,7 @@ from bge_rerank_integrations.errors import ModelLoadError
 if TYPE_CHECKING:
     from tokenizers import Tokenizer
 
-__all__ = ["PairEncoder", "PairTemplate"]
+__all__ = ["PairEncoder", "PairTemplate", "text_ids"]
 
 
 @dataclass(frozen=True)
@@ -162,14 +162,22 @@ class PairEncoder:
         return [*t.prefix, *q_ids, *t.middle, *p_ids, *t.suffix]
 
     def _ids(self, texts: list[str]) -> list[list[int]]:
-        try:
-            encodings = self._tokenizer.encode_batch_fast(texts, add_special_tokens=False)
-        except TypeError:
-            # A lone surrogate (from broken UTF-16 or `surrogateescape` decoding) is not valid
-            # Unicode and the Rust tokenizer refuses the whole batch; score it as U+FFFD instead.
-            clean = [_LONE_SURROGATE.sub("\ufffd", t) for t in texts]
-            encodings = self._tokenizer.encode_batch_fast(clean, add_special_tokens=False)
-        return [e.ids for e in encodings]
+        return text_ids(self._tokenizer, texts)
+
+
+def text_ids(tokenizer: Tokenizer, texts: list[str]) -> list[list[int]]:
+    """Ids of each text without special tokens, in one batched call; lone surrogates read as U+FFFD.
+
+    A lone surrogate (from broken UTF-16 or ``surrogateescape`` decoding) is not valid Unicode and
+    the Rust tokenizer refuses the whole batch, so such a batch is encoded again with U+FFFD in its
+    place (the references raise instead).
+    """
+    try:
+        encodings = tokenizer.encode_batch_fast(texts, add_special_tokens=False)
+    except TypeError:
+        clean = [_LONE_SURROGATE.sub("\ufffd", t) for t in texts]
+        encodings = tokenizer.encode_batch_fast(clean, add_special_tokens=False)
+    return [e.ids for e in encodings]
 
 
 _LONE_SURROGATE = re.compile("[\ud800-\udfff]")
