@@ -36,7 +36,9 @@ def _model_options(parser: argparse.ArgumentParser) -> None:
         help="cuda, cuda:1, mps or cpu (default: the best available); cuda:0,cuda:1 runs a replica on each",
     )
     parser.add_argument(
-        "--dtype", default="auto", help="auto (fp16 on CUDA, fp32 elsewhere), float32, float16, bfloat16"
+        "--dtype",
+        default="auto",
+        help="auto (fp16 on CUDA, fp32 elsewhere), float32, float16, bfloat16, int8 (CPU only)",
     )
     parser.add_argument("--max-length", type=int, default=512, help="tokens per (query, passage) pair")
     parser.add_argument("--max-batch-tokens", type=int, default=16384, help="padded tokens per forward pass")

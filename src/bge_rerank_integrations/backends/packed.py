@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import itertools
 import logging
+import warnings
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -56,7 +57,7 @@ def packed_support(model: Any) -> str | None:
     return None
 
 
-_Linear = Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]  # (input, weight, bias)
+_Linear = Callable[[torch.Tensor, Any, torch.Tensor], torch.Tensor]  # (input, weight, bias)
 
 _CPU_ROW_MULTIPLE = 64
 
@@ -127,19 +128,92 @@ def _onednn_linears() -> tuple[_Linear, _Linear] | None:
     return linear, linear_gelu
 
 
+_Int8Pack = Callable[[torch.Tensor, torch.Tensor], Any]  # (weight, bias) -> the kernel's packed weight
+
+
+def _int8_linears() -> tuple[_Int8Pack, _Linear, _Linear] | None:
+    """Dynamic int8 linear layers (fbgemm), if they run here and agree with fp32 within int8's noise.
+
+    Returns how to pack a layer's weight once, and the linear layer without and with (exact) GELU,
+    each taking that packed weight. Weights are int8, symmetric per output channel; activations are
+    quantized to uint8 over each call's whole input, on the fly. On CPUs without VNNI the 8-bit
+    products would overflow fbgemm's 16-bit sums, so activations then keep 7 bits (``reduce_range``),
+    chosen by a check on worst-case inputs rather than by the CPU's name.
+    """
+    quantized: Any = torch.ops.quantized
+
+    def pack(weight: torch.Tensor, bias: torch.Tensor) -> Any:
+        weight, bias = weight.detach().float(), bias.detach().float()
+        scale = weight.abs().amax(1).clamp(min=1e-12) / 127
+        zero = torch.zeros(weight.shape[0], dtype=torch.long)
+        engine = torch.backends.quantized.engine
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # quantized tensors are deprecated in torch; only used here
+            try:
+                torch.backends.quantized.engine = "fbgemm"
+                q = torch.quantize_per_channel(weight, scale.double(), zero, 0, torch.qint8)
+                return quantized.linear_prepack(q, bias)
+            finally:
+                torch.backends.quantized.engine = engine
+
+    reduce_range = False
+
+    def linear(x: torch.Tensor, packed: Any, bias: torch.Tensor) -> torch.Tensor:
+        out: torch.Tensor = quantized.linear_dynamic(x, packed, reduce_range)
+        return out
+
+    def linear_gelu(x: torch.Tensor, packed: Any, bias: torch.Tensor) -> torch.Tensor:
+        out = linear(x, packed, bias)
+        torch.ops.aten.gelu_(out)
+        return out
+
+    def close(a: torch.Tensor, b: torch.Tensor) -> bool:
+        return bool((a - b).abs().max() <= 0.02 * b.abs().max())  # int8 noise, not a wrong kernel
+
+    def agrees() -> bool:
+        nonlocal reduce_range
+        gen = torch.Generator().manual_seed(0)
+        x, weight, bias = (torch.randn(*shape, generator=gen) for shape in ((37, 96), (80, 96), (80,)))
+        packed = pack(weight, bias)
+        with torch.inference_mode():
+            plain = close(linear(x, packed, bias), F.linear(x, weight, bias))
+            gelu = close(linear_gelu(x, packed, bias), F.gelu(F.linear(x, weight, bias)))
+            # worst case for 16-bit sums: every product at its largest, all of one sign
+            big, ones = torch.ones(4, 256), torch.ones(8, 256)
+            reduce_range = not close(
+                linear(big, pack(ones, bias[:8]), bias[:8]), F.linear(big, ones, bias[:8])
+            )
+            if reduce_range:
+                logger.info("int8 linear layers: 7-bit activations (this CPU's int8 sums are 16-bit)")
+        return plain and gelu
+
+    if not _passes_self_check("int8 linear layers", "fp32", agrees):
+        return None
+    return pack, linear, linear_gelu
+
+
 class _Layer:
     """Weights of one encoder layer, fused query/key/value first."""
 
-    __slots__ = ("down", "ln1", "ln2", "out", "qkv", "up")
+    __slots__ = ("down", "kv", "ln1", "ln2", "out", "q", "qkv", "up")
 
     def __init__(self, layer: Any) -> None:
         attn = layer.attention
         self.qkv = _fuse_qkv(attn.self)
+        hidden = self.qkv[0].shape[1]
+        self.q = (self.qkv[0][:hidden], self.qkv[1][:hidden])  # the last layer's split (views)
+        self.kv = (self.qkv[0][hidden:], self.qkv[1][hidden:])
         self.out = (attn.output.dense.weight, attn.output.dense.bias)
         self.ln1 = (attn.output.LayerNorm.weight, attn.output.LayerNorm.bias, attn.output.LayerNorm.eps)
         self.up = (layer.intermediate.dense.weight, layer.intermediate.dense.bias)
         self.down = (layer.output.dense.weight, layer.output.dense.bias)
         self.ln2 = (layer.output.LayerNorm.weight, layer.output.LayerNorm.bias, layer.output.LayerNorm.eps)
+
+    def quantize(self, pack: _Int8Pack) -> None:
+        """Replace every linear layer's weight by ``pack(weight, bias)`` (the bias stays for the call)."""
+        for name in ("qkv", "q", "kv", "out", "up", "down"):
+            weight, bias = getattr(self, name)
+            setattr(self, name, (pack(weight, bias), bias))
 
 
 def _fuse_qkv(attn: Any) -> tuple[torch.Tensor, torch.Tensor]:
@@ -161,7 +235,7 @@ class PackedForward:
     Check :func:`packed_support` first.
     """
 
-    def __init__(self, model: Any, *, chunk_tokens: int | None = None) -> None:
+    def __init__(self, model: Any, *, chunk_tokens: int | None = None, int8: bool = False) -> None:
         """Take the weights of a loaded ``transformers`` model (it stays usable).
 
         ``chunk_tokens`` runs a batch in consecutive parts of about that many tokens, every part
@@ -198,11 +272,21 @@ class PackedForward:
         onednn = _onednn_linears() if self.device.type == "cpu" and self.word.dtype == torch.float32 else None
         if onednn is not None:
             self.linear, self.linear_gelu = onednn
+        self.int8 = False
+        """Whether the encoder's linear layers run in int8 (asked for, and the kernels work here)."""
+        int8_ops = _int8_linears() if int8 else None
+        if int8 and (int8_ops is None or self.device.type != "cpu" or self.word.dtype != torch.float32):
+            logger.warning("int8 linear layers unavailable (CPU and fp32 weights only); running fp32")
+        elif int8_ops is not None:
+            pack, self.linear, self.linear_gelu = int8_ops
+            for layer in self.layers:
+                layer.quantize(pack)
+            self.int8 = True
         logger.info(
             "padding-free forward on %s, attention: %s, linear layers: %s",
             self.device,
             self.attention,
-            "oneDNN" if onednn else "torch",
+            "int8 (fbgemm)" if self.int8 else "oneDNN" if onednn else "torch",
         )
 
     def __call__(self, batch: Sequence[Sequence[int]]) -> torch.Tensor:
@@ -282,10 +366,9 @@ class PackedForward:
         queries, attention output, feed-forward block and norms run on one row a pair; the same
         arithmetic for those rows, without the rest (on the reduced subject a sixth of the work).
         """
-        weight, bias = layer.qkv
         first = h[starts]
-        query = self.linear(first, weight[: self.hidden], bias[: self.hidden])
-        key_value = self.linear(h, weight[self.hidden :], bias[self.hidden :])
+        query = self.linear(first, *layer.q)
+        key_value = self.linear(h, *layer.kv)
         a = self.linear(attend.first_rows(query, key_value), *layer.out)
         a += first
         first = F.layer_norm(a, (self.hidden,), *layer.ln1)
