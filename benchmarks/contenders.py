@@ -51,9 +51,12 @@ def _specs(device: str) -> list[ContenderSpec]:
         ),
     ]
     if not cuda:
-        specs.append(
-            ContenderSpec("ours-bf16", "ours", "this package, dtype=bfloat16", {"dtype": "bfloat16"})
-        )
+        specs += [
+            ContenderSpec("ours-bf16", "ours", "this package, dtype=bfloat16", {"dtype": "bfloat16"}),
+            ContenderSpec(
+                "ours-int8", "ours", "this package, dtype=int8 (int8 linear layers)", {"dtype": "int8"}
+            ),
+        ]
     specs += [
         ContenderSpec(
             "flag-default",
@@ -158,6 +161,8 @@ class Contender:
         if self._stats is None:
             self._hook(backend._model)
         self.dtype = str(next(backend._model.parameters()).dtype).removeprefix("torch.")
+        if getattr(getattr(backend, "_packed", None), "int8", False):
+            self.dtype = "int8"
 
     def _load_flag(self, model_dir: str) -> None:
         cls, self.import_note = load_flag_reranker_class()
