@@ -22,6 +22,7 @@ on CPU, fp16 on CUDA):
   - ``torchlinear``: torch's own linear layers (MKL on CPU) instead of oneDNN's (CPU);
   - ``gelu``: oneDNN linear layers with GELU as a separate step instead of fused (CPU);
   - ``rows1``: oneDNN without rounding the row count up to a multiple of 64 (CPU);
+  - ``alllayers``: the last layer on every row (the core runs it on each pair's ``<s>`` row only);
 - ``bf16-N`` / ``bf16-N-fp32attn``: dtype bfloat16, attention in bf16 or in fp32;
 - ``ce``: sentence-transformers CrossEncoder (batch 32, fp16 on CUDA); ``flag-bsN``: FlagReranker,
   batch size N (``use_fp16`` on CUDA).
@@ -92,7 +93,7 @@ def _fp32_attention(attention: Any) -> Callable[[Any, torch.Tensor], torch.Tenso
     return call
 
 
-_OPTIONS = {"padattn", "sync", "copies", "compile", "torchlinear", "gelu", "rows1", "fp32attn"}
+_OPTIONS = {"padattn", "sync", "copies", "compile", "torchlinear", "gelu", "rows1", "fp32attn", "alllayers"}
 _BUDGET = re.compile(r"b(\d+)", re.ASCII)  # the option bN: a token budget of N a batch
 
 
@@ -138,6 +139,8 @@ def make_variant(name: str, model: str, device: str = "cpu") -> tuple[Scorer, st
         packed.row_multiple = 1
     if "padattn" in options:
         packed.attention = "padded"
+    if "alllayers" in options:
+        packed.first_rows_only = False
     if "copies" in options:  # both were measured on the core before oneDNN and row rounding
         layer_fn, packed.row_multiple = _layer_with_copies, 1
     if "compile" in options:

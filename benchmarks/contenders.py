@@ -17,11 +17,20 @@ import sys
 import types
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import torch
 
-__all__ = ["CONTENDERS", "Contender", "ContenderSpec", "load_flag_reranker_class", "stub_missing_modules"]
+__all__ = [
+    "CONTENDERS",
+    "INSTALL_HINT",
+    "Contender",
+    "ContenderSpec",
+    "load_flag_reranker_class",
+    "missing_packages",
+    "stub_missing_modules",
+]
 
 
 @dataclass(frozen=True)
@@ -29,7 +38,7 @@ class ContenderSpec:
     """How to build one contender."""
 
     name: str
-    kind: str  # "ours", "flag", "cross-encoder"
+    kind: str  # "ours", "flag", "cross-encoder", "onnxruntime", "openvino"
     description: str
     options: dict[str, Any] = field(default_factory=dict)
 
@@ -42,9 +51,12 @@ def _specs(device: str) -> list[ContenderSpec]:
         ),
     ]
     if not cuda:
-        specs.append(
-            ContenderSpec("ours-bf16", "ours", "this package, dtype=bfloat16", {"dtype": "bfloat16"})
-        )
+        specs += [
+            ContenderSpec("ours-bf16", "ours", "this package, dtype=bfloat16", {"dtype": "bfloat16"}),
+            ContenderSpec(
+                "ours-int8", "ours", "this package, dtype=int8 (int8 linear layers)", {"dtype": "int8"}
+            ),
+        ]
     specs += [
         ContenderSpec(
             "flag-default",
@@ -68,7 +80,51 @@ def _specs(device: str) -> list[ContenderSpec]:
             {"fp16": cuda, "batch_size": 32},
         ),
     ]
+    if not cuda:  # what CPU users who want speed pick instead of torch (GUIDE section 9)
+        budget = _RUNTIME_BUDGET
+        sorted_batches = f"length-sorted batches of at most {budget} padded tokens, our token ids"
+        specs += [
+            ContenderSpec(
+                "onnxruntime",
+                "onnxruntime",
+                f"ONNX Runtime, fp32, all graph optimizations, transformer fusions, {sorted_batches}",
+                {"variant": "fused", "budget": budget},
+            ),
+            ContenderSpec(
+                "onnxruntime-int8",
+                "onnxruntime",
+                "ONNX Runtime, dynamic int8 (quantize_dynamic: int8 weights per output channel, uint8 "
+                f"activations), {sorted_batches}",
+                {"variant": "fused-int8", "budget": budget},
+            ),
+            ContenderSpec(
+                "openvino",
+                "openvino",
+                f"OpenVINO, fp32 (INFERENCE_PRECISION_HINT f32), latency hint, {sorted_batches}",
+                {"precision": "f32", "budget": budget},
+            ),
+            ContenderSpec(
+                "openvino-default",
+                "openvino",
+                f"OpenVINO at its default precision on this CPU, latency hint, {sorted_batches}",
+                {"precision": None, "budget": budget},
+            ),
+        ]
     return specs
+
+
+# Padded tokens a batch for the ONNX Runtime and OpenVINO contenders (the best of a sweep here:
+# benchmarks/RESULTS.md).
+_RUNTIME_BUDGET = 1024
+
+# What a contender needs beyond the dev environment: a missing one skips it, with this hint.
+OPTIONAL_PACKAGES = {"onnxruntime": ("onnxruntime", "onnx"), "openvino": ("openvino", "onnxruntime", "onnx")}
+INSTALL_HINT = "pip install -e '.[bench-cpu]'"
+
+
+def missing_packages(spec: ContenderSpec) -> list[str]:
+    """The packages ``spec`` needs that are not installed (none for the dev environment's contenders)."""
+    return [p for p in OPTIONAL_PACKAGES.get(spec.kind, ()) if importlib.util.find_spec(p) is None]
 
 
 CONTENDERS = {"cpu": [s.name for s in _specs("cpu")], "cuda": [s.name for s in _specs("cuda")]}
@@ -87,6 +143,8 @@ class Contender:
         self._hooks: list[Any] = []
         self._impl: Any = None
         self._stats: Any = None
+        self._encoder: Any = None  # our tokenizer, for the ONNX Runtime and OpenVINO contenders
+        self._pad_id = 1
         getattr(self, f"_load_{spec.kind.replace('-', '_')}")(model_dir)
 
     # -- loading -----------------------------------------------------------------------------------
@@ -103,6 +161,8 @@ class Contender:
         if self._stats is None:
             self._hook(backend._model)
         self.dtype = str(next(backend._model.parameters()).dtype).removeprefix("torch.")
+        if getattr(getattr(backend, "_packed", None), "int8", False):
+            self.dtype = "int8"
 
     def _load_flag(self, model_dir: str) -> None:
         cls, self.import_note = load_flag_reranker_class()
@@ -137,6 +197,76 @@ class Contender:
         self._hook(_find_transformers_model(ce))
         self.dtype = "float16" if opts["fp16"] else "float32"
 
+    def _load_onnxruntime(self, model_dir: str) -> None:
+        import onnxruntime as ort
+
+        from benchmarks.exports import onnx_export
+
+        opts = self.spec.options
+        path = onnx_export(Path(model_dir), opts["variant"])
+        so = ort.SessionOptions()
+        so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        so.intra_op_num_threads = torch.get_num_threads()  # the same cores as torch gets
+        so.inter_op_num_threads = 1
+        session = ort.InferenceSession(str(path), so, providers=["CPUExecutionProvider"])
+        self._impl = lambda ids, mask: session.run(None, {"input_ids": ids, "attention_mask": mask})[0]
+        self._runtime_setup(model_dir)
+        self.dtype = "int8" if opts["variant"].endswith("int8") else "float32"
+        self.import_note = f"onnxruntime {ort.__version__}, {path.name}"
+
+    def _load_openvino(self, model_dir: str) -> None:
+        import openvino as ov
+
+        from benchmarks.exports import onnx_export
+
+        opts = self.spec.options
+        path = onnx_export(Path(model_dir), "plain")  # OpenVINO reads plain ONNX, not ORT's fused ops
+        config: dict[str, Any] = {"PERFORMANCE_HINT": "LATENCY"}  # sentence-transformers' default too
+        if opts["precision"]:
+            config["INFERENCE_PRECISION_HINT"] = opts["precision"]
+        compiled = ov.Core().compile_model(str(path), "CPU", config)
+        request = compiled.create_infer_request()
+        output = compiled.output(0)
+        self._impl = lambda ids, mask: request.infer({"input_ids": ids, "attention_mask": mask})[output]
+        self._runtime_setup(model_dir)
+        hint = compiled.get_property("INFERENCE_PRECISION_HINT")  # an openvino Type
+        precision = hint.to_string() if hasattr(hint, "to_string") else str(hint)
+        self.dtype = {"f32": "float32", "bf16": "bfloat16", "f16": "float16"}.get(precision, precision)
+        self.import_note = f"openvino {ov.__version__}, runs {precision}"
+
+    def _runtime_setup(self, model_dir: str) -> None:
+        """Our tokenizer and batching for an ONNX Runtime or OpenVINO contender: the same ids as ours."""
+        from transformers import AutoTokenizer
+
+        from bge_rerank_integrations.tokenization import PairEncoder
+
+        tokenizer = AutoTokenizer.from_pretrained(model_dir)
+        self._encoder = PairEncoder.from_transformers(
+            tokenizer, max_length=self.max_length, query_max_length=self.max_length * 3 // 4
+        )
+        self._pad_id = int(tokenizer.pad_token_id)
+
+    def _score_runtime(self, pairs: Sequence[tuple[str, str]]) -> list[float]:
+        """Length-sorted padded batches under the token budget through the exported model."""
+        import numpy as np
+
+        from bge_rerank_integrations.batching import plan_batches
+
+        ids = self._encoder.encode(list(pairs))
+        out = [0.0] * len(ids)
+        for batch in plan_batches([len(x) for x in ids], self.spec.options["budget"]):
+            width = max(len(ids[i]) for i in batch)
+            input_ids = np.full((len(batch), width), self._pad_id, dtype=np.int64)
+            mask = np.zeros((len(batch), width), dtype=np.int64)
+            for row, i in enumerate(batch):
+                input_ids[row, : len(ids[i])] = ids[i]
+                mask[row, : len(ids[i])] = 1
+            logits = self._impl(input_ids, mask)
+            self.computed_tokens += input_ids.size
+            for row, i in enumerate(batch):
+                out[i] = float(logits[row, 0])
+        return out
+
     def _hook(self, model: Any) -> None:
         """Count the ids entering ``model``'s encoder (called as a module even when the head's
         ``forward`` is called directly, as sentence-transformers does)."""
@@ -158,6 +288,8 @@ class Contender:
         before = self._stats.computed_tokens if self._stats is not None else 0
         if kind == "ours":
             out = self._impl.score_pairs(list(pairs))
+        elif kind in ("onnxruntime", "openvino"):
+            out = self._score_runtime(pairs)
         elif kind == "flag":
             out = self._impl.compute_score([list(p) for p in pairs], normalize=False)
             out = [out] if isinstance(out, float) else list(out)
@@ -172,8 +304,8 @@ class Contender:
 
     def token_ids(self, pairs: Sequence[tuple[str, str]]) -> list[list[int]]:
         """The ids this contender feeds the model for ``pairs`` (before padding)."""
-        if self.spec.kind == "ours":
-            encoder = self._impl._backend._encoder
+        if self.spec.kind in ("ours", "onnxruntime", "openvino"):
+            encoder = self._impl._backend._encoder if self.spec.kind == "ours" else self._encoder
             return [list(x) for x in encoder.encode(list(pairs))]
         if self.spec.kind == "flag":
             from FlagEmbedding.utils.tokenizer_compat import prepare_for_model_compat

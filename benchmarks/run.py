@@ -37,7 +37,7 @@ os.environ.setdefault("TQDM_DISABLE", "1")
 
 import torch
 
-from benchmarks.contenders import Contender, ContenderSpec, build_specs
+from benchmarks.contenders import INSTALL_HINT, Contender, ContenderSpec, build_specs, missing_packages
 from benchmarks.workloads import Workload, make_workloads
 
 __all__ = ["SUBJECTS", "main", "run"]
@@ -59,7 +59,7 @@ SUBJECTS = {
 
 # Scores must agree with ours this closely before a contender is timed (fp32 vs fp32: float rounding
 # of different batch shapes; half precision: rounding of fp16/bf16 activations).
-TOLERANCE = {"float32": 1e-4, "float16": 5e-2, "bfloat16": 2.5e-1}
+TOLERANCE = {"float32": 1e-4, "float16": 5e-2, "bfloat16": 2.5e-1, "int8": 5e-1}
 
 
 def agreement_bound(dtype: str, other: str) -> float:
@@ -113,7 +113,7 @@ def machine_info(device: str) -> dict[str, Any]:
         "loadavg_start": os.getloadavg(),
         "device": device,
     }
-    for pkg in ("FlagEmbedding", "sentence_transformers"):
+    for pkg in ("FlagEmbedding", "sentence_transformers", "onnxruntime", "openvino"):
         try:
             from importlib.metadata import version
 
@@ -129,13 +129,18 @@ def machine_info(device: str) -> dict[str, Any]:
 
 
 def _cpu_model() -> str:
+    """The CPU's model name with its family and model numbers (the name alone hides the generation)."""
+    fields: dict[str, str] = {}
     try:
         for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
+            key, _, value = line.partition(":")
+            fields.setdefault(key.strip(), value.strip())
     except OSError:
-        pass
-    return platform.processor()
+        return platform.processor()
+    name = fields.get("model name", platform.processor())
+    if "cpu family" in fields:
+        name += f", family {fields['cpu family']} model {fields.get('model', '?')}"
+    return name
 
 
 def matmul_peak(device: str, dtype: torch.dtype, seconds: float = 3.0) -> float:
@@ -429,6 +434,38 @@ def _set_fractions(rec: dict[str, Any], peaks: dict[str, float]) -> None:
 
 
 # -- report ----------------------------------------------------------------------------------------
+def summary(report: dict[str, Any]) -> list[str]:
+    """The one table of the run: each contender's speed relative to ours, per workload, and deviation."""
+    workloads = report["workloads"]
+    if not workloads:
+        return []
+    first = next(iter(workloads[0]["contenders"]))
+    lines = [
+        f"## Summary: pairs/s relative to `{first}` in this run",
+        "",
+        "| contender | precision | "
+        + " | ".join(w["name"] for w in workloads)
+        + " | max abs dlogit vs ours | top-10 same order |",
+        "|---|---|" + "---:|" * len(workloads) + "---:|---|",
+    ]
+    names = list(dict.fromkeys(n for w in workloads for n in w["contenders"]))
+    for name in names:
+        recs = [w["contenders"].get(name) for w in workloads]
+        present = [r for r in recs if r is not None]
+        ratios = [
+            f"{1 / r['ours_speedup']:.2f}" + ("" if r["agrees"] else " (DISAGREES)") if r else "-"
+            for r in recs
+        ]
+        delta = max(r["max_abs_delta_vs_ours"] for r in present)
+        order = " / ".join(f"{r['top10_same_order']:.0%}" for r in present)
+        lines.append(
+            f"| {name} | {present[0]['dtype']} | " + " | ".join(ratios) + f" | {delta:.2g} | {order} |"
+        )
+    lines.append("")
+    lines += [f"- skipped {name}: {why}" for name, why in report.get("skipped", {}).items()]
+    return [*lines, ""] if report.get("skipped") else lines
+
+
 def markdown(report: dict[str, Any]) -> str:
     """The tables of ``report`` as markdown."""
     m = report["machine"]
@@ -441,7 +478,7 @@ def markdown(report: dict[str, Any]) -> str:
         + f"; load average at start {m['loadavg_start'][0]:.2f}, at end {m['loadavg_end'][0]:.2f}.",
         f"torch {m['torch']}, transformers {m['transformers']}, tokenizers {m['tokenizers']}, "
         f"FlagEmbedding {m['FlagEmbedding']}, sentence-transformers {m['sentence_transformers']}, "
-        f"Python {m['python']}.",
+        f"onnxruntime {m.get('onnxruntime')}, openvino {m.get('openvino')}, Python {m['python']}.",
         "Matmul peak measured in this run (the best sample counts): "
         + "; ".join(
             f"{k} {v / 1e9:,.0f} GFLOP/s (samples "
@@ -452,6 +489,7 @@ def markdown(report: dict[str, Any]) -> str:
         + ".",
         f"Command: `{report['command']}`",
         "",
+        *summary(report),
     ]
     for w in report["workloads"]:
         lines += [
@@ -518,6 +556,13 @@ def run(
     specs = build_specs(device, contenders)
     if specs[0].kind != "ours":
         raise SystemExit("the first contender must be one of ours (the reference for ratios)")
+    skipped = {}
+    for spec in specs:  # an optional runtime that is not installed: skipped, with a note, not a crash
+        missing = missing_packages(spec)
+        if missing:
+            skipped[spec.name] = f"not installed: {', '.join(missing)} ({INSTALL_HINT})"
+            log.warning("skipping %s: %s", spec.name, skipped[spec.name])
+    specs = [s for s in specs if s.name not in skipped]
     info = machine_info(device)
     half = torch.float16 if device.startswith("cuda") else torch.bfloat16
     samples: dict[str, list[float]] = {"float32": [], str(half).removeprefix("torch."): []}
@@ -551,6 +596,7 @@ def run(
         "matmul_peak_flops_per_s": peaks,
         "matmul_peak_samples": samples,
         "contender_specs": [asdict(s) for s in specs],
+        "skipped": skipped,
         "workloads": [],
     }
     t0 = time.perf_counter()

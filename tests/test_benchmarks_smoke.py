@@ -40,7 +40,19 @@ def test_benchmark_suite_runs_and_every_contender_agrees(model_dir: Path, tmp_pa
                 assert flops == pytest.approx(forward_flops([len(x) for x in ids], config))
         assert sum(workload["call_flops"]) == pytest.approx(workload["flops"])
         contenders = workload["contenders"]
-        assert list(contenders) == ["ours", "ours-bf16", "flag-default", "flag-best", "cross-encoder"]
+        assert list(contenders) == [
+            "ours",
+            "ours-bf16",
+            "ours-int8",
+            "flag-default",
+            "flag-best",
+            "cross-encoder",
+            "onnxruntime",
+            "onnxruntime-int8",
+            "openvino",
+            "openvino-default",
+        ]
+        assert not report["skipped"]  # the dev environment has every runtime
         for name, result in contenders.items():
             assert result["agrees"], (workload["name"], name, result["warmup_max_abs_delta"])
             assert result["same_token_ids"] == workload["pairs"], (workload["name"], name)
@@ -49,6 +61,13 @@ def test_benchmark_suite_runs_and_every_contender_agrees(model_dir: Path, tmp_pa
             assert result["computed_tokens"] >= workload["real_tokens"] > 0
             if result["dtype"] == "float32":
                 assert result["max_abs_delta_vs_ours"] < 1e-4, (workload["name"], name)
+            else:  # reduced precision really is reduced (it would not be worth its own row otherwise)
+                assert result["max_abs_delta_vs_ours"] > 1e-4, (workload["name"], name)
+        assert contenders["ours-int8"]["dtype"] == contenders["onnxruntime-int8"]["dtype"] == "int8"
+        assert contenders["openvino"]["dtype"] == "float32"
+        # the summary row of every contender: its speed relative to ours on each workload
+        row = next(line for line in table.splitlines() if line.startswith("| onnxruntime-int8 | int8 |"))
+        assert len(row.split("|")) == 2 + 2 + 3 + 2
         # the padding-free forward computes real tokens, plus at most 63 spare rows a pass on CPU
         assert contenders["ours"]["padding"] < contenders["cross-encoder"]["padding"]
         assert contenders["flag-default"]["padding"] > 1.0  # the reference pads and repeats its first batch
@@ -204,3 +223,28 @@ def test_leaks_reports_the_three_cases(capsys: pytest.CaptureFixture[str]) -> No
     ]
     assert rows[1].split(" | ")[1] == "0"  # a dropped reranker leaves no thread behind
     assert rows[3].split(" | ")[1] == "2"  # kept ones keep theirs: the report can tell them apart
+
+
+def test_a_contender_whose_runtime_is_missing_is_skipped_with_a_note(
+    model_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import benchmarks.contenders
+    from benchmarks.run import run
+
+    needs = {**benchmarks.contenders.OPTIONAL_PACKAGES, "openvino": ("not_a_real_runtime_pkg",)}
+    monkeypatch.setattr(benchmarks.contenders, "OPTIONAL_PACKAGES", needs)
+    report = run(
+        subject="tiny",
+        scale="smoke",
+        device="cpu",
+        out=tmp_path,
+        models=tmp_path / "models",
+        model_dir=model_dir,
+        peak_seconds=0.01,
+        contenders=["ours", "openvino", "openvino-default"],
+        workloads=["interactive"],
+    )
+    assert list(report["workloads"][0]["contenders"]) == ["ours"]
+    assert set(report["skipped"]) == {"openvino", "openvino-default"}
+    table = (tmp_path / "results.md").read_text()
+    assert "- skipped openvino: not installed: not_a_real_runtime_pkg (pip install" in table

@@ -71,7 +71,8 @@ def _model_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--dtype",
         default=_DEFAULTS.dtype,
-        help="auto (fp16 on CUDA, fp32 elsewhere), float32, float16 or bfloat16 (default: %(default)s)",
+        help="auto (fp16 on CUDA, fp32 elsewhere), float32, float16, bfloat16 or int8 (CPU only) "
+        "(default: %(default)s)",
     )
     parser.add_argument(
         "--max-length",

@@ -11,7 +11,7 @@ __all__ = ["BACKENDS", "DEFAULT_MODEL", "BackendName", "DType", "LongPassages", 
 DEFAULT_MODEL = "BAAI/bge-reranker-v2-m3"
 """The model every entry point uses unless told otherwise."""
 
-DType = Literal["auto", "float32", "float16", "bfloat16"]
+DType = Literal["auto", "float32", "float16", "bfloat16", "int8"]
 LongPassages = Literal["truncate", "window"]
 BackendName = Literal["local", "tei", "vllm", "infinity", "cohere"]
 BACKENDS: tuple[BackendName, ...] = ("local", "tei", "vllm", "infinity", "cohere")
@@ -26,6 +26,7 @@ _DTYPE_ALIASES: dict[str, DType] = {
     "half": "float16",
     "bfloat16": "bfloat16",
     "bf16": "bfloat16",
+    "int8": "int8",
 }
 
 # <s> Q </s></s> P </s>: four special tokens around a pair; at least one query and passage token left.
@@ -47,7 +48,8 @@ class RerankerConfig:
     """``None`` picks cuda, then mps, then cpu; an explicit ``"cuda:1"`` is honoured; a list of devices
     runs one replica per device, all fed by the same batching queue."""
     dtype: DType = "auto"
-    """``"auto"`` is float16 on CUDA and float32 elsewhere; ``"bfloat16"`` is selectable."""
+    """``"auto"`` is float16 on CUDA and float32 elsewhere; ``"bfloat16"`` is selectable; ``"int8"``
+    (CPU only) runs the linear layers in int8, weights quantized per output channel at load."""
     max_length: int = 512
     """Tokens of a whole pair, special tokens included (the model allows up to 8192)."""
     query_max_length: int | None = None

@@ -44,7 +44,8 @@ class RerankerSettings(BaseModel):
     """Torch device such as ``"cuda:1"``; ``None`` picks cuda, then mps, then cpu; a list of devices
     runs one model replica per device, fed by the same batching queue."""
     dtype: DType = Field(default=_DEFAULTS.dtype, frozen=True)
-    """``"auto"`` (float16 on CUDA, float32 elsewhere), ``"float32"``, ``"float16"`` or ``"bfloat16"``."""
+    """``"auto"`` (float16 on CUDA, float32 elsewhere), ``"float32"``, ``"float16"``, ``"bfloat16"`` or
+    ``"int8"`` (CPU only: int8 linear layers)."""
     max_length: int = Field(default=_DEFAULTS.max_length, frozen=True)
     """Tokens of a whole (query, passage) pair, special tokens included; longer passages are cut."""
     query_max_length: int = Field(default=_DEFAULTS.resolved_query_max_length, frozen=True)

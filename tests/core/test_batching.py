@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import random
 from pathlib import Path
+from typing import Any
 
 import pytest
 import torch
@@ -185,3 +186,48 @@ def test_half_precision_padding_free_forward_agrees_with_transformers(
     assert packed.score_pairs(pairs) == pytest.approx(expected, abs=bound)
     forward.chunk_tokens, forward.attention, forward.row_multiple = None, "padded", 1  # as on CUDA
     assert packed.score_pairs(pairs) == pytest.approx(expected, abs=bound)
+
+
+@pytest.mark.parametrize("attention", ["per-pair", "padded"])
+def test_last_layer_runs_on_each_pairs_first_row_only_and_scores_do_not_change(
+    model_dir: Path, attention: str
+) -> None:
+    """The classifier reads each pair's <s> row, so the last layer computes only those (and all keys)."""
+    pairs = workload(70, seed=7)
+    reranker = Reranker(model_dir, device="cpu", max_batch_tokens=1500).load()
+    packed = reranker._backend._packed  # type: ignore[attr-defined]
+    packed.chunk_tokens = None  # one run through the layers a pass
+    packed.attention = attention  # per-pair: the CPU's; padded: the CUDA path's, run here on CPU
+    packed.first_rows_only = False
+    every_row = reranker.score_pairs(pairs)
+    shapes: list[tuple[int, int]] = []
+
+    def recording(linear: Any) -> Any:
+        def record(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor) -> torch.Tensor:
+            shapes.append((x.shape[0], weight.shape[0]))
+            return linear(x, weight, bias)  # type: ignore[no-any-return]
+
+        return record
+
+    packed.linear, packed.linear_gelu = recording(packed.linear), recording(packed.linear_gelu)
+    packed.first_rows_only = True
+    stats = reranker._backend.stats  # type: ignore[attr-defined]
+    passes = stats.forward_passes
+    first_rows = reranker.score_pairs(pairs)
+    assert first_rows == pytest.approx(every_row, abs=1e-5, rel=1e-5)
+    passes = stats.forward_passes - passes
+    # a layer: query/key/value, output, up, down; the last layer splits its queries from its keys and
+    # values, and all but the keys and values run on one row a pair (rounded up like every pass)
+    layers, hidden = len(packed.layers), packed.hidden
+    assert passes > 1
+    assert len(shapes) == passes * (4 * layers + 1)
+    for p in range(passes):
+        pass_shapes = shapes[p * (4 * layers + 1) : (p + 1) * (4 * layers + 1)]
+        tokens = pass_shapes[0][0]
+        assert all(rows == tokens for rows, _ in pass_shapes[: 4 * (layers - 1)])
+        last = pass_shapes[4 * (layers - 1) :]
+        up = packed.layers[-1].up[0].shape[0]
+        assert [n for _, n in last] == [hidden, 2 * hidden, hidden, up, hidden]
+        first = last[0][0]
+        assert [rows for rows, _ in last] == [first, tokens, first, first, first]
+        assert first < tokens

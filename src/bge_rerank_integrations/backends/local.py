@@ -39,16 +39,16 @@ __all__ = ["ForwardStats", "LocalBackend", "available_devices", "resolve_device"
 logger = logging.getLogger(__name__)
 
 # On CPU the padding-free forward runs a batch in parts of about this many tokens, so that the
-# activations stay in the cache between the matrix multiplies: 2k tokens in fp32, 4k in bf16/fp16
-# (best of 1k-16k on the reduced subject, benchmarks/RESULTS.md).
-_CPU_CHUNK_TOKENS = {"float32": 2048, "half": 4096}
+# activations stay in the cache between the matrix multiplies: 2k tokens in fp32 and int8, 4k in
+# bf16/fp16 (best of 1k-16k on the reduced subject, benchmarks/RESULTS.md).
+_CPU_CHUNK_TOKENS = {"float32": 2048, "half": 4096, "int8": 2048}
 
 
-def _cpu_chunk_tokens(dtype: torch.dtype) -> int:
-    """The CPU chunk size of the padding-free forward for weights of ``dtype``."""
-    import torch
-
-    return _CPU_CHUNK_TOKENS["float32" if dtype == torch.float32 else "half"]
+def _cpu_chunk_tokens(dtype: str) -> int:
+    """The CPU chunk size of the padding-free forward for a configured ``dtype`` (``"auto"`` is fp32)."""
+    return _CPU_CHUNK_TOKENS[
+        dtype if dtype == "int8" else "float32" if dtype in ("auto", "float32") else "half"
+    ]
 
 
 @dataclass
@@ -171,8 +171,7 @@ class LocalBackend:
             return self.config.max_batch_tokens
         if device.type != "cpu":
             return self.config.max_batch_tokens
-        chunk = _cpu_chunk_tokens(_torch_dtype(self.config.dtype, device))
-        return min(chunk, self.config.max_batch_tokens)
+        return min(_cpu_chunk_tokens(self.config.dtype), self.config.max_batch_tokens)
 
     def load(self) -> None:
         """Load tokenizer and weights once; later calls return at once."""
@@ -313,6 +312,11 @@ def _load_weights(cfg: RerankerConfig, device: torch.device) -> LoadedWeights:
 
     from transformers import AutoConfig, AutoModelForSequenceClassification, AutoTokenizer
 
+    if cfg.dtype == "int8" and device.type != "cpu":
+        raise ValueError(
+            f"dtype='int8' runs on CPU only (dynamic int8 linear layers); on {device} use 'float16' "
+            "(the default there) or 'bfloat16'"
+        )
     dtype = _torch_dtype(cfg.dtype, device)
     hub_kwargs: dict[str, Any] = {
         "revision": cfg.revision,
@@ -347,7 +351,7 @@ def _load_weights(cfg: RerankerConfig, device: torch.device) -> LoadedWeights:
     pad_id = tokenizer.pad_token_id
     model.to(device)
     model.eval()
-    packed = _packed_forward(model, device)
+    packed = _packed_forward(model, device, cfg.dtype)
     logger.info("loaded %s on %s in %s", cfg.model, device, dtype)
     return LoadedWeights(
         model=model,
@@ -400,15 +404,23 @@ def _check_max_length(max_length: int, limit: int | None) -> None:
         raise ValueError(f"max_length={max_length} exceeds the model's limit of {limit} tokens")
 
 
-def _packed_forward(model: Any, device: torch.device) -> PackedForward | None:
-    """The padding-free forward for ``model``, or ``None`` (with the reason logged) if it does not fit."""
+def _packed_forward(model: Any, device: torch.device, dtype: str) -> PackedForward | None:
+    """The padding-free forward for ``model``, or ``None`` (with the reason logged) if it does not fit.
+
+    ``dtype`` is the configured one; ``"int8"`` needs this forward (it quantizes its linear layers).
+    """
     from bge_rerank_integrations.backends.packed import PackedForward, packed_support
 
     reason = packed_support(model)
     if reason is not None:
+        if dtype == "int8":
+            raise ValueError(
+                f"dtype='int8' needs the padding-free forward, which this model cannot use: {reason}"
+            )
         logger.info("using padded forward passes: %s", reason)
         return None
-    return PackedForward(model, chunk_tokens=_cpu_chunk_tokens(model.dtype) if device.type == "cpu" else None)
+    chunk = _cpu_chunk_tokens(dtype) if device.type == "cpu" else None
+    return PackedForward(model, chunk_tokens=chunk, int8=dtype == "int8")
 
 
 def _single_device(device: str | tuple[str, ...] | None) -> str | None:
@@ -432,6 +444,8 @@ def _torch_dtype(name: str, device: torch.device) -> torch.dtype:
 
     if name == "auto":
         return torch.float16 if device.type == "cuda" else torch.float32
+    if name == "int8":  # fp32 weights, quantized by the padding-free forward
+        return torch.float32
     dtype: torch.dtype = getattr(torch, name)
     return dtype
 

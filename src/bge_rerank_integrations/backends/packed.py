@@ -5,6 +5,8 @@ row. Here the pairs of a batch are concatenated into one ``[tokens, hidden]`` ma
 layer (query/key/value, fused into one, attention output, the feed-forward pair) runs on real tokens
 (on CPU plus at most 63 spare rows a pass, which keep the matrix shapes few); attention, the one step
 that needs to know where a pair starts and ends, runs per pair group on exactly that pair's tokens.
+The classifier reads only each pair's first (``<s>``) row, so the last layer computes keys and
+values for every token but everything else for those rows alone.
 The weights are the ``transformers`` model's own (the fused query/key/value matrix is stored once and
 the model's three projections become views of it), and the arithmetic is the same, so the logits
 match the padded ``transformers`` forward up to float rounding.
@@ -18,6 +20,7 @@ from __future__ import annotations
 
 import itertools
 import logging
+import warnings
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -54,7 +57,7 @@ def packed_support(model: Any) -> str | None:
     return None
 
 
-_Linear = Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]  # (input, weight, bias)
+_Linear = Callable[[torch.Tensor, Any, torch.Tensor], torch.Tensor]  # (input, weight, bias)
 
 _CPU_ROW_MULTIPLE = 64
 
@@ -125,19 +128,92 @@ def _onednn_linears() -> tuple[_Linear, _Linear] | None:
     return linear, linear_gelu
 
 
+_Int8Pack = Callable[[torch.Tensor, torch.Tensor], Any]  # (weight, bias) -> the kernel's packed weight
+
+
+def _int8_linears() -> tuple[_Int8Pack, _Linear, _Linear] | None:
+    """Dynamic int8 linear layers (fbgemm), if they run here and agree with fp32 within int8's noise.
+
+    Returns how to pack a layer's weight once, and the linear layer without and with (exact) GELU,
+    each taking that packed weight. Weights are int8, symmetric per output channel; activations are
+    quantized to uint8 over each call's whole input, on the fly. On CPUs without VNNI the 8-bit
+    products would overflow fbgemm's 16-bit sums, so activations then keep 7 bits (``reduce_range``),
+    chosen by a check on worst-case inputs rather than by the CPU's name.
+    """
+    quantized: Any = torch.ops.quantized
+
+    def pack(weight: torch.Tensor, bias: torch.Tensor) -> Any:
+        weight, bias = weight.detach().float(), bias.detach().float()
+        scale = weight.abs().amax(1).clamp(min=1e-12) / 127
+        zero = torch.zeros(weight.shape[0], dtype=torch.long)
+        engine = torch.backends.quantized.engine
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # quantized tensors are deprecated in torch; only used here
+            try:
+                torch.backends.quantized.engine = "fbgemm"
+                q = torch.quantize_per_channel(weight, scale.double(), zero, 0, torch.qint8)
+                return quantized.linear_prepack(q, bias)
+            finally:
+                torch.backends.quantized.engine = engine
+
+    reduce_range = False
+
+    def linear(x: torch.Tensor, packed: Any, bias: torch.Tensor) -> torch.Tensor:
+        out: torch.Tensor = quantized.linear_dynamic(x, packed, reduce_range)
+        return out
+
+    def linear_gelu(x: torch.Tensor, packed: Any, bias: torch.Tensor) -> torch.Tensor:
+        out = linear(x, packed, bias)
+        torch.ops.aten.gelu_(out)
+        return out
+
+    def close(a: torch.Tensor, b: torch.Tensor) -> bool:
+        return bool((a - b).abs().max() <= 0.02 * b.abs().max())  # int8 noise, not a wrong kernel
+
+    def agrees() -> bool:
+        nonlocal reduce_range
+        gen = torch.Generator().manual_seed(0)
+        x, weight, bias = (torch.randn(*shape, generator=gen) for shape in ((37, 96), (80, 96), (80,)))
+        packed = pack(weight, bias)
+        with torch.inference_mode():
+            plain = close(linear(x, packed, bias), F.linear(x, weight, bias))
+            gelu = close(linear_gelu(x, packed, bias), F.gelu(F.linear(x, weight, bias)))
+            # worst case for 16-bit sums: every product at its largest, all of one sign
+            big, ones = torch.ones(4, 256), torch.ones(8, 256)
+            reduce_range = not close(
+                linear(big, pack(ones, bias[:8]), bias[:8]), F.linear(big, ones, bias[:8])
+            )
+            if reduce_range:
+                logger.info("int8 linear layers: 7-bit activations (this CPU's int8 sums are 16-bit)")
+        return plain and gelu
+
+    if not _passes_self_check("int8 linear layers", "fp32", agrees):
+        return None
+    return pack, linear, linear_gelu
+
+
 class _Layer:
     """Weights of one encoder layer, fused query/key/value first."""
 
-    __slots__ = ("down", "ln1", "ln2", "out", "qkv", "up")
+    __slots__ = ("down", "kv", "ln1", "ln2", "out", "q", "qkv", "up")
 
     def __init__(self, layer: Any) -> None:
         attn = layer.attention
         self.qkv = _fuse_qkv(attn.self)
+        hidden = self.qkv[0].shape[1]
+        self.q = (self.qkv[0][:hidden], self.qkv[1][:hidden])  # the last layer's split (views)
+        self.kv = (self.qkv[0][hidden:], self.qkv[1][hidden:])
         self.out = (attn.output.dense.weight, attn.output.dense.bias)
         self.ln1 = (attn.output.LayerNorm.weight, attn.output.LayerNorm.bias, attn.output.LayerNorm.eps)
         self.up = (layer.intermediate.dense.weight, layer.intermediate.dense.bias)
         self.down = (layer.output.dense.weight, layer.output.dense.bias)
         self.ln2 = (layer.output.LayerNorm.weight, layer.output.LayerNorm.bias, layer.output.LayerNorm.eps)
+
+    def quantize(self, pack: _Int8Pack) -> None:
+        """Replace every linear layer's weight by ``pack(weight, bias)`` (the bias stays for the call)."""
+        for name in ("qkv", "q", "kv", "out", "up", "down"):
+            weight, bias = getattr(self, name)
+            setattr(self, name, (pack(weight, bias), bias))
 
 
 def _fuse_qkv(attn: Any) -> tuple[torch.Tensor, torch.Tensor]:
@@ -159,7 +235,7 @@ class PackedForward:
     Check :func:`packed_support` first.
     """
 
-    def __init__(self, model: Any, *, chunk_tokens: int | None = None) -> None:
+    def __init__(self, model: Any, *, chunk_tokens: int | None = None, int8: bool = False) -> None:
         """Take the weights of a loaded ``transformers`` model (it stays usable).
 
         ``chunk_tokens`` runs a batch in consecutive parts of about that many tokens, every part
@@ -181,6 +257,8 @@ class PackedForward:
         self.out_proj = (head.out_proj.weight, head.out_proj.bias)
         self.device = self.word.device
         self.chunk_tokens = chunk_tokens
+        self.first_rows_only = True
+        """Run the last layer on each pair's ``<s>`` row only (``False``: on every row, for benchmarks)."""
         self.attention = "per-pair" if self.device.type == "cpu" else "padded"
         if self._varlen_works():
             self.attention = "varlen"
@@ -194,11 +272,21 @@ class PackedForward:
         onednn = _onednn_linears() if self.device.type == "cpu" and self.word.dtype == torch.float32 else None
         if onednn is not None:
             self.linear, self.linear_gelu = onednn
+        self.int8 = False
+        """Whether the encoder's linear layers run in int8 (asked for, and the kernels work here)."""
+        int8_ops = _int8_linears() if int8 else None
+        if int8 and (int8_ops is None or self.device.type != "cpu" or self.word.dtype != torch.float32):
+            logger.warning("int8 linear layers unavailable (CPU and fp32 weights only); running fp32")
+        elif int8_ops is not None:
+            pack, self.linear, self.linear_gelu = int8_ops
+            for layer in self.layers:
+                layer.quantize(pack)
+            self.int8 = True
         logger.info(
             "padding-free forward on %s, attention: %s, linear layers: %s",
             self.device,
             self.attention,
-            "oneDNN" if onednn else "torch",
+            "int8 (fbgemm)" if self.int8 else "oneDNN" if onednn else "torch",
         )
 
     def __call__(self, batch: Sequence[Sequence[int]]) -> torch.Tensor:
@@ -228,14 +316,20 @@ class PackedForward:
 
     def _run(self, batch: Sequence[Sequence[int]]) -> torch.Tensor:
         h, attend, starts = self._embed(batch)
-        for layer in self.layers:
+        for layer in self.layers[:-1]:
             h = self._layer(h, layer, attend)
-        first = h[starts]  # the <s> token of every pair
+        if self.first_rows_only:
+            first = self._last_layer(h, self.layers[-1], attend, starts)
+        else:
+            first = self._layer(h, self.layers[-1], attend)[starts]
         logits = F.linear(torch.tanh(F.linear(first, *self.dense)), *self.out_proj)
-        return logits[:, 0].float()
+        return logits[: len(batch), 0].float()
 
     def _embed(self, batch: Sequence[Sequence[int]]) -> tuple[torch.Tensor, _Attention, torch.Tensor]:
-        """The embedded rows (spare rows included), the pairs' attention, and each pair's first row."""
+        """The embedded rows (spare rows included), the pairs' attention, and each pair's first row.
+
+        The first rows are as many as the pairs, rounded up like the rows (the extra ones repeat row 0).
+        """
         lengths = [len(x) for x in batch]
         bounds = list(itertools.accumulate(lengths, initial=0))
         ids = torch.tensor(list(itertools.chain.from_iterable(batch)), dtype=torch.long)
@@ -244,7 +338,7 @@ class PackedForward:
         self.computed_rows += bounds[-1] + spare
         if spare:  # rows that belong to no pair: row-wise layers carry them, attention skips them
             ids, positions = (F.pad(t, (0, spare), value=self.pad_id) for t in (ids, positions))
-        starts = torch.tensor(bounds[:-1], dtype=torch.long)
+        starts = torch.tensor(bounds[:-1] + [0] * (-len(batch) % self.row_multiple), dtype=torch.long)
         ids, positions, starts = (_to_device(t, self.device) for t in (ids, positions, starts))
         # in place where a fresh tensor is not needed (fewer allocations; bit-identical results, and
         # within noise of the out-of-place version on CPU: benchmarks/RESULTS.md)
@@ -261,6 +355,25 @@ class PackedForward:
         h = F.layer_norm(a, (self.hidden,), *layer.ln1)
         down = self.linear(self.linear_gelu(h, *layer.up), *layer.down)  # the exact (erf) GELU
         down += h
+        return F.layer_norm(down, (self.hidden,), *layer.ln2)
+
+    def _last_layer(
+        self, h: torch.Tensor, layer: _Layer, attend: _Attention, starts: torch.Tensor
+    ) -> torch.Tensor:
+        """The last encoder layer, on the rows the classifier reads: each pair's ``<s>`` token.
+
+        Its keys and values need every token, but no other row's output is read after it, so its
+        queries, attention output, feed-forward block and norms run on one row a pair; the same
+        arithmetic for those rows, without the rest (on the reduced subject a sixth of the work).
+        """
+        first = h[starts]
+        query = self.linear(first, *layer.q)
+        key_value = self.linear(h, *layer.kv)
+        a = self.linear(attend.first_rows(query, key_value), *layer.out)
+        a += first
+        first = F.layer_norm(a, (self.hidden,), *layer.ln1)
+        down = self.linear(self.linear_gelu(first, *layer.up), *layer.down)
+        down += first
         return F.layer_norm(down, (self.hidden,), *layer.ln2)
 
     def _positions(self, ids: torch.Tensor, lengths: list[int], bounds: list[int]) -> torch.Tensor:
@@ -308,21 +421,54 @@ class _Attention:
         self.bounds = bounds
         self.heads = heads
         self.mode = mode
-        lengths = [b - a for a, b in itertools.pairwise(bounds)]
-        self.longest = max(lengths)
+        self.device = device
+        self.longest = max(b - a for a, b in itertools.pairwise(bounds))
+        self._padded: tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None = None
         # The forward indexes with integers only: a boolean mask would make the host wait for the device.
         if mode == "varlen":
             self.cu_seq = _to_device(torch.tensor(bounds, dtype=torch.int32), device)
         elif mode == "padded":
-            tokens = bounds[-1]
+            self._padded_layout()
+
+    def _padded_layout(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """The padded ``[pairs, longest]`` block's source row of every slot, its mask, its real slots."""
+        if self._padded is None:
+            bounds, tokens = self.bounds, self.bounds[-1]
+            lengths = torch.tensor([b - a for a, b in itertools.pairwise(bounds)])
             offsets = torch.arange(self.longest)
-            starts = torch.tensor(bounds[:-1])
-            valid = offsets[None, :] < torch.tensor(lengths)[:, None]  # [pairs, longest]
+            valid = offsets[None, :] < lengths[:, None]  # [pairs, longest]
             # flat token index of every padded slot; pad slots read row ``tokens`` (zeros)
-            index = torch.where(valid, starts[:, None] + offsets[None, :], tokens)
-            self.index = _to_device(index, device)
-            self.mask = _to_device(valid[:, None, None, :], device)
-            self.valid = _to_device(valid.reshape(-1).nonzero().squeeze(1), device)  # real slots, in order
+            index = torch.where(valid, torch.tensor(bounds[:-1])[:, None] + offsets[None, :], tokens)
+            real = valid.reshape(-1).nonzero().squeeze(1)  # real slots, in order
+            self._padded = (
+                _to_device(index, self.device),
+                _to_device(valid[:, None, None, :], self.device),
+                _to_device(real, self.device),
+            )
+        return self._padded
+
+    def first_rows(self, query: torch.Tensor, key_value: torch.Tensor) -> torch.Tensor:
+        """Attention of each pair's first token over its pair: ``[rows, hidden]`` from the first rows'
+        queries ``[rows, hidden]`` (a row per pair, then extra rows, which come out as zeros) and every
+        token's keys and values ``[tokens or more, 2 * hidden]``."""
+        rows, hidden = query.shape
+        dim = hidden // self.heads
+        pairs = len(self.bounds) - 1
+        out = query.new_zeros(rows, hidden)
+        if self.mode == "per-pair":
+            split = key_value.view(-1, 2, self.heads, dim)
+            for i, (start, stop) in enumerate(itertools.pairwise(self.bounds)):
+                k, v = (split[start:stop, j].transpose(0, 1).unsqueeze(0) for j in range(2))
+                q = query[i].view(1, self.heads, 1, dim)
+                out[i] = F.scaled_dot_product_attention(q, k, v).view(hidden)
+            return out
+        index, mask, _ = self._padded_layout()
+        tokens = self.bounds[-1]
+        block = torch.cat([key_value[:tokens], key_value.new_zeros(1, 2 * hidden)])[index]
+        k, v = block.view(pairs, self.longest, 2, self.heads, dim).permute(2, 0, 3, 1, 4)
+        q = query[:pairs].view(pairs, self.heads, 1, dim)
+        out[:pairs] = F.scaled_dot_product_attention(q, k, v, attn_mask=mask).view(pairs, hidden)
+        return out
 
     def __call__(self, qkv: torch.Tensor) -> torch.Tensor:
         """``[rows, hidden]``: each pair's attention output; rows past the last pair are zeros."""
@@ -346,13 +492,12 @@ class _Attention:
             assert isinstance(fused, torch.Tensor)  # no auxiliary outputs were requested
             return fused.reshape(tokens, hidden)
         if self.mode == "padded":
-            pairs = self.index.shape[0]
-            rows = torch.cat([qkv, qkv.new_zeros(1, width)])[self.index]  # [pairs, longest, 3 * hidden]
+            index, mask, real = self._padded_layout()
+            pairs = index.shape[0]
+            rows = torch.cat([qkv, qkv.new_zeros(1, width)])[index]  # [pairs, longest, 3 * hidden]
             q, k, v = rows.view(pairs, self.longest, 3, self.heads, dim).permute(2, 0, 3, 1, 4)
-            block = F.scaled_dot_product_attention(
-                q, k, v, attn_mask=self.mask
-            )  # [pairs, heads, longest, dim]
-            return block.transpose(1, 2).reshape(pairs * self.longest, hidden).index_select(0, self.valid)
+            block = F.scaled_dot_product_attention(q, k, v, attn_mask=mask)  # [pairs, heads, longest, dim]
+            return block.transpose(1, 2).reshape(pairs * self.longest, hidden).index_select(0, real)
         raise ValueError(f"unknown attention mode {self.mode!r}")
 
     def _per_pair(self, qkv: torch.Tensor) -> torch.Tensor:

@@ -150,7 +150,7 @@ class BGERanker:
         :param max_length: Tokens of a whole query-passage pair (core default 512; the model allows 8192).
         :param max_batch_tokens: Tokens per forward pass (core default 16384).
         :param dtype: ``"auto"`` (default: float16 on CUDA, float32 elsewhere), ``"float32"``,
-            ``"float16"`` or ``"bfloat16"``.
+            ``"float16"``, ``"bfloat16"`` or ``"int8"`` (CPU only: int8 linear layers).
         :param query_max_length: Tokens kept of the query (core default ``max_length * 3 // 4``).
         :param long_passages: ``"truncate"`` (default, the reference's rule) or ``"window"``: score
             overlapping windows of a long passage and keep the best (one pair per window).
