@@ -151,6 +151,12 @@ class RerankerConfig:
             )
         if len(devices) > 1 and self.backend != "local":
             raise ValueError("a list of devices needs backend='local'")
+        elsewhere = [d for d in devices if d is not None and d.split(":")[0] != "cpu"]
+        if self.dtype == "int8" and elsewhere:
+            raise ValueError(  # the same words as the load-time check for a device picked by default
+                f"dtype='int8' runs on CPU only (dynamic int8 linear layers); on {elsewhere[0]} use "
+                "'float16' (the default there) or 'bfloat16'"
+            )
 
     @property
     def devices(self) -> tuple[str | None, ...]:
