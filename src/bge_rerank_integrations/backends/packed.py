@@ -240,7 +240,8 @@ class PackedForward:
 
         ``chunk_tokens`` runs a batch in consecutive parts of about that many tokens, every part
         through all layers before the next: on CPU, activations that fit the cache beat one big
-        matrix (measured in ``benchmarks/RESULTS.md``). ``None`` runs each batch whole.
+        matrix (measured in ``benchmarks/RESULTS.md``). ``None`` runs each batch whole. ``int8`` runs
+        the encoder's linear layers in int8 (CPU, fp32 weights; see :func:`_int8_linears`).
         """
         cfg = model.config
         emb = model.roberta.embeddings
