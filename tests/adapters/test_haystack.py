@@ -93,12 +93,12 @@ def test_both_import_paths_give_the_same_class() -> None:
 
 
 def test_nothing_loads_at_construction_and_equal_settings_share_one_model(
-    model_dir: Path, from_pretrained_calls: list[str]
+    own_model_dir: Path, from_pretrained_calls: list[str]
 ) -> None:
-    # max_batch_tokens=4321 makes these settings unique to this test, so no other test loaded them
-    first = BGERanker(model=model_dir, max_batch_tokens=4321)
-    second = BGERanker(model=str(model_dir), max_batch_tokens=4321)
-    shared = Reranker.shared_from_config(RerankerConfig(model=str(model_dir), max_batch_tokens=4321))
+    # a folder name of its own: no other test loaded these weights
+    first = BGERanker(model=own_model_dir, max_batch_tokens=4321)
+    second = BGERanker(model=str(own_model_dir), max_batch_tokens=4321)
+    shared = Reranker.shared_from_config(RerankerConfig(model=str(own_model_dir), max_batch_tokens=4321))
     assert not shared.is_loaded
     assert from_pretrained_calls == []
 
@@ -107,7 +107,7 @@ def test_nothing_loads_at_construction_and_equal_settings_share_one_model(
     second.warm_up()
     assert first.reranker is second.reranker is shared
     assert shared.is_loaded
-    assert from_pretrained_calls == [str(model_dir)]
+    assert from_pretrained_calls == [str(own_model_dir)]
 
 
 def test_other_settings_get_another_model(model_dir: Path) -> None:
@@ -117,13 +117,13 @@ def test_other_settings_get_another_model(model_dir: Path) -> None:
 
 
 @pytest.mark.asyncio
-async def test_warm_up_async_loads_once(model_dir: Path, from_pretrained_calls: list[str]) -> None:
-    ranker = BGERanker(model=model_dir, max_batch_tokens=4324)
+async def test_warm_up_async_loads_once(own_model_dir: Path, from_pretrained_calls: list[str]) -> None:
+    ranker = BGERanker(model=own_model_dir, max_batch_tokens=4324)
     await ranker.warm_up_async()
     await ranker.warm_up_async()
     ranker.warm_up()
     assert ranker.reranker.is_loaded
-    assert from_pretrained_calls == [str(model_dir)]
+    assert from_pretrained_calls == [str(own_model_dir)]
 
 
 def test_a_given_reranker_is_used_as_is(core: Reranker, docs: list[Document]) -> None:

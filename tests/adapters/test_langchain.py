@@ -286,7 +286,10 @@ def test_a_path_is_accepted_as_model(model_dir: Path) -> None:
 # --- one model per process -----------------------------------------------------------------------
 
 
-def test_same_settings_share_one_model_loaded_once(model: str, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_same_settings_share_one_model_loaded_once(
+    own_model_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    model = str(own_model_dir)  # a folder of its own: no other test loaded these weights
     calls: list[object] = []
     original = transformers.AutoModelForSequenceClassification.from_pretrained
 

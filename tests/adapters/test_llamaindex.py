@@ -193,8 +193,9 @@ def test_defaults_are_the_cores_and_documented(model: str) -> None:
 
 
 def test_same_settings_share_one_loaded_model(
-    model: str, fresh_shared: None, monkeypatch: pytest.MonkeyPatch
+    own_model_dir: Path, fresh_shared: None, monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    model = str(own_model_dir)  # a folder of its own: no other test loaded these weights
     loads: list[Any] = []
     real = transformers.AutoModelForSequenceClassification.from_pretrained
 
