@@ -22,18 +22,11 @@ from pathlib import Path
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
+from benchmarks.soak import rss_mib
 from bge_rerank_integrations import Reranker
 from bge_rerank_integrations.testing import build_test_model
 
 _MIB = 1024 * 1024
-
-
-def _rss() -> int:
-    with open("/proc/self/status") as status:
-        for line in status:
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1]) * 1024
-    raise RuntimeError("no VmRSS in /proc/self/status")
 
 
 def _settled_threads() -> int:
@@ -42,10 +35,10 @@ def _settled_threads() -> int:
     return threading.active_count()
 
 
-def _measure(count: int, make: Callable[[], Reranker], keep: bool, close: bool) -> tuple[int, int]:
-    """(threads left over, resident bytes grown) after ``count`` rerankers made and used once."""
+def _measure(count: int, make: Callable[[], Reranker], keep: bool, close: bool) -> tuple[int, float]:
+    """(threads left over, resident MiB grown) after ``count`` rerankers made and used once."""
     gc.collect()
-    threads, rss = _settled_threads(), _rss()
+    threads, rss = _settled_threads(), rss_mib()
     kept = []
     for _ in range(count):
         rr = make()
@@ -56,7 +49,7 @@ def _measure(count: int, make: Callable[[], Reranker], keep: bool, close: bool) 
             kept.append(rr)
         del rr
     gc.collect()
-    result = _settled_threads() - threads, _rss() - rss
+    result = _settled_threads() - threads, rss_mib() - rss
     for rr in kept:
         rr.close()
     return result
@@ -87,7 +80,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             ("kept loaded (what a leak costs)", True, False),
         ):
             threads, grown = _measure(args.count, make, keep=keep, close=close)
-            print(f"| {name} | {threads} | {grown / _MIB:.1f} |")
+            print(f"| {name} | {threads} | {grown:.1f} |")
     return 0
 
 
