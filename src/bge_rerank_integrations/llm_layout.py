@@ -44,7 +44,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Literal
 
 from bge_rerank_integrations.errors import ModelLoadError
-from bge_rerank_integrations.tokenization import text_ids
+from bge_rerank_integrations.tokenization import private_tokenizer, text_ids
 
 if TYPE_CHECKING:
     from tokenizers import Tokenizer
@@ -197,8 +197,6 @@ class LLMPairEncoder:
             passage_instruction_format: Template of (instruction, passage).
             truncation_side: The tokenizer's ``truncation_side`` (which end of a text is cut).
         """
-        from tokenizers import Tokenizer
-
         if max_length < 1:
             raise ValueError(f"max_length must be at least 1, got {max_length}")
         if query_max_length is None:
@@ -209,10 +207,7 @@ class LLMPairEncoder:
             raise ValueError(f"truncation_side must be 'left' or 'right', got {truncation_side!r}")
         if kind.always_bos and bos_id is None:
             raise ModelLoadError(f"the {kind.name} reranker needs a tokenizer with a <bos> token")
-        own = Tokenizer.from_str(tokenizer.to_str())
-        own.no_truncation()
-        own.no_padding()
-        self._tokenizer = own
+        self._tokenizer = private_tokenizer(tokenizer)
         self.kind = kind
         self.max_length = max_length
         self.query_max_length = query_max_length

@@ -20,7 +20,7 @@ from bge_rerank_integrations.errors import ModelLoadError
 if TYPE_CHECKING:
     from tokenizers import Tokenizer
 
-__all__ = ["PairEncoder", "PairTemplate", "text_ids"]
+__all__ = ["PairEncoder", "PairTemplate", "private_tokenizer", "text_ids"]
 
 
 @dataclass(frozen=True)
@@ -81,13 +81,8 @@ class PairEncoder:
         query_max_length: int,
     ) -> None:
         """Wrap a ``tokenizers.Tokenizer`` (copied, so the caller's stays untouched)."""
-        from tokenizers import Tokenizer
-
         _check_lengths(template, max_length, query_max_length)
-        own = Tokenizer.from_str(tokenizer.to_str())
-        own.no_truncation()
-        own.no_padding()
-        self._tokenizer = own
+        self._tokenizer = private_tokenizer(tokenizer)
         self.template = template
         self.max_length = max_length
         self.query_max_length = query_max_length
@@ -163,6 +158,16 @@ class PairEncoder:
 
     def _ids(self, texts: list[str]) -> list[list[int]]:
         return text_ids(self._tokenizer, texts)
+
+
+def private_tokenizer(tokenizer: Tokenizer) -> Tokenizer:
+    """A copy of ``tokenizer`` with truncation and padding off, so concurrent callers share no state."""
+    from tokenizers import Tokenizer
+
+    own = Tokenizer.from_str(tokenizer.to_str())
+    own.no_truncation()
+    own.no_padding()
+    return own
 
 
 def text_ids(tokenizer: Tokenizer, texts: list[str]) -> list[list[int]]:
