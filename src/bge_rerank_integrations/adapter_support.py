@@ -25,7 +25,9 @@ __all__ = [
 ]
 
 MODEL_SETTINGS: tuple[str, ...] = tuple(
-    f.name for f in dataclasses.fields(RerankerConfig) if f.name not in ("normalize", "token")
+    f.name
+    for f in dataclasses.fields(RerankerConfig)
+    if f.name not in ("normalize", "token", "prompt", "cutoff_layers", "compress_ratio", "compress_layers")
 )
 """The :class:`RerankerConfig` fields every adapter exposes as its own model settings.
 

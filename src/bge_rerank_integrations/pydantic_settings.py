@@ -48,12 +48,12 @@ class RerankerSettings(BaseModel):
     ``"int8"`` (CPU only: int8 linear layers)."""
     max_length: int = Field(default=_DEFAULTS.max_length, frozen=True)
     """Tokens of a whole (query, passage) pair, special tokens included; longer passages are cut."""
-    query_max_length: int = Field(default=_DEFAULTS.resolved_query_max_length, frozen=True)
+    query_max_length: int | None = Field(default=None, frozen=True)
     """Tokens kept of the query; not given, ``max_length * 3 // 4``, as the reference (FlagEmbedding)."""
     long_passages: LongPassages = Field(default=_DEFAULTS.long_passages, frozen=True)
     """``"truncate"`` (the reference's rule) or ``"window"``: score overlapping windows of a long
     passage and keep the best, so text past ``max_length`` counts (one pair per window)."""
-    window_overlap: int = Field(default=_DEFAULTS.resolved_window_overlap, frozen=True)
+    window_overlap: int | None = Field(default=None, frozen=True)
     """Tokens shared by consecutive windows in ``"window"`` mode; not given, ``max_length // 8``."""
     max_windows: int = Field(default=_DEFAULTS.max_windows, frozen=True)
     """Windows per passage at most in ``"window"`` mode, from its start."""

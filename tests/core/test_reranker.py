@@ -186,7 +186,18 @@ def test_bad_settings_fail_at_construction(settings: dict[str, object], message:
 def test_dtype_aliases_are_canonical() -> None:
     assert RerankerConfig(dtype="bf16").dtype == "bfloat16"  # type: ignore[arg-type]
     assert RerankerConfig(dtype="fp16") == RerankerConfig(dtype="float16")  # type: ignore[arg-type]
-    assert RerankerConfig(max_length=1024).query_max_length == 768
+
+
+def test_derived_lengths_follow_max_length_until_given() -> None:
+    # None stays "derived", so overriding max_length (per call too) derives anew, as the reference does
+    options = RerankerConfig(max_length=1024).scoring
+    assert (options.query_max_length, options.resolved_query_max_length) == (None, 768)
+    assert options.replace(max_length=2048).resolved_query_max_length == 1536
+    assert options.replace(max_length=2048).resolved_window_overlap == 256
+    given = RerankerConfig(max_length=1024, query_max_length=100).scoring
+    assert given.replace(max_length=2048).resolved_query_max_length == 100
+    with pytest.raises(TypeError, match="unknown setting maxlength"):
+        options.replace(maxlength=10)
 
 
 def test_max_length_beyond_the_model_is_a_clear_error(model_dir: Path) -> None:
