@@ -14,7 +14,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import statistics
 import sys
 import threading
 import time
@@ -25,14 +24,12 @@ from typing import Any
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
-from benchmarks.run import build_subject, machine_info
+from benchmarks.harness import machine_info, machine_line, markdown_table, percentile
+from benchmarks.subjects import DEFAULT_MODELS, SUBJECTS, build_subject
 from benchmarks.workloads import Query, make_requests
 from bge_rerank_integrations import Reranker
-
-
-def _percentile(values: Sequence[float], q: float) -> float:
-    ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, round(q * (len(ordered) - 1)))]
+from bge_rerank_integrations.backends.local import LocalBackend
+from bge_rerank_integrations.config import RerankerConfig
 
 
 def _summary(latencies: list[float], wall: float, pairs: int) -> dict[str, float]:
@@ -40,8 +37,8 @@ def _summary(latencies: list[float], wall: float, pairs: int) -> dict[str, float
         "wall_s": wall,
         "pairs_per_s": pairs / wall,
         "requests_per_s": len(latencies) / wall,
-        "p50_ms": 1000 * _percentile(latencies, 0.50),
-        "p99_ms": 1000 * _percentile(latencies, 0.99),
+        "p50_ms": 1000 * percentile(latencies, 0.50),
+        "p99_ms": 1000 * percentile(latencies, 0.99),
     }
 
 
@@ -79,10 +76,11 @@ def serve_concurrently(
     return results, _summary(latencies, wall, sum(len(r.passages) for r in requests))
 
 
-def single_caller_overhead(reranker: Reranker, request: Query, rounds: int) -> dict[str, float]:
-    """Median time of one request through the queue vs straight into the backend, alternating."""
+def single_caller_overhead(
+    reranker: Reranker, backend: LocalBackend, request: Query, rounds: int
+) -> dict[str, float]:
+    """Median time of one request through ``reranker``'s queue vs straight into its ``backend``."""
     pairs = [(request.query, p) for p in request.passages]
-    backend = reranker._backends[0]
     through, direct = [], []
     for _ in range(rounds):
         t = time.perf_counter()
@@ -91,7 +89,7 @@ def single_caller_overhead(reranker: Reranker, request: Query, rounds: int) -> d
         t = time.perf_counter()
         backend.score_pairs(pairs)
         direct.append(time.perf_counter() - t)
-    med_through, med_direct = statistics.median(through), statistics.median(direct)
+    med_through, med_direct = percentile(through, 0.5), percentile(direct, 0.5)
     return {
         "queue_ms": 1000 * med_through,
         "direct_ms": 1000 * med_direct,
@@ -100,23 +98,30 @@ def single_caller_overhead(reranker: Reranker, request: Query, rounds: int) -> d
     }
 
 
+def _row(name: str, mode: dict[str, float]) -> list[str]:
+    pairs, requests = f"{mode['pairs_per_s']:.1f}", f"{mode['requests_per_s']:.2f}"
+    return [name, pairs, requests, f"{mode['p50_ms']:.0f} ms", f"{mode['p99_ms']:.0f} ms"]
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the comparison and write ``concurrency.json`` and ``concurrency.md`` into ``--out``."""
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
-    parser.add_argument("--subject", default="small", help="tiny, small or full (see benchmarks.run)")
+    parser.add_argument("--subject", choices=sorted(SUBJECTS), default="small")
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--dtype", default="auto")
     parser.add_argument("--requests", type=int, default=32)
     parser.add_argument("--passages", type=int, default=100)
     parser.add_argument("--rounds", type=int, default=5, help="repetitions of the single-caller check")
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--models", default="bench-out/models", help="where subject models are built")
+    parser.add_argument("--models", type=Path, default=DEFAULT_MODELS, help="where subjects are built")
     parser.add_argument("--out", default="bench-out/concurrency")
     args = parser.parse_args(argv)
 
-    folder = build_subject(args.subject, Path(args.models) / args.subject)
+    folder = build_subject(args.subject, args.models / args.subject)
     requests = make_requests(folder, args.requests, args.passages, args.seed)
-    reranker = Reranker(folder, device=args.device, dtype=args.dtype).load()
+    config = RerankerConfig(model=str(folder), device=args.device, dtype=args.dtype)
+    backend = LocalBackend(config)  # kept, to time it without the queue too
+    reranker = Reranker.from_config(config, backends=[backend]).load()
     reranker.score(requests[0].query, list(requests[0].passages))  # warm-up, untimed
 
     serial_scores, serial = serve_serially(reranker, requests)
@@ -126,7 +131,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         for xs, ys in zip(serial_scores, concurrent_scores, strict=True)
         for a, b in zip(xs, ys, strict=True)
     )
-    overhead = single_caller_overhead(reranker, requests[1], args.rounds)
+    overhead = single_caller_overhead(reranker, backend, requests[1], args.rounds)
 
     report: dict[str, Any] = {
         "command": "python -m benchmarks.concurrency " + " ".join(argv if argv is not None else sys.argv[1:]),
@@ -147,14 +152,14 @@ def main(argv: Sequence[str] | None = None) -> int:
         f"{args.requests} concurrent requests x {args.passages} passages, "
         f"subject {args.subject}, {args.device}",
         "",
-        "| mode | pairs/s | requests/s | p50 latency | p99 latency |",
-        "|---|---:|---:|---:|---:|",
+        machine_line(report["machine"]),
+        "",
+        *markdown_table(
+            ["mode", "pairs/s", "requests/s", "p50 latency", "p99 latency"],
+            [_row("one at a time", serial), _row("concurrent, coalesced", concurrent)],
+            numeric="lrrrr",
+        ),
     ]
-    for name, row in (("one at a time", serial), ("concurrent, coalesced", concurrent)):
-        table.append(
-            f"| {name} | {row['pairs_per_s']:.1f} | {row['requests_per_s']:.2f} | "
-            f"{row['p50_ms']:.0f} ms | {row['p99_ms']:.0f} ms |"
-        )
     table += [
         "",
         f"throughput ratio (concurrent / one at a time): {report['throughput_ratio']:.2f}x; "

@@ -156,13 +156,11 @@ class Contender:
         )
         rr.load()
         self._impl = rr
-        backend: Any = rr._backend  # the benchmark reads the backend's token counters
-        self._stats = getattr(backend, "stats", None)
-        if self._stats is None:
-            self._hook(backend._model)
-        self.dtype = str(next(backend._model.parameters()).dtype).removeprefix("torch.")
-        if getattr(getattr(backend, "_packed", None), "int8", False):
-            self.dtype = "int8"
+        self._stats = rr  # its ``stats``: the tokens its forward passes computed, padding included
+        asked = self.spec.options["dtype"]
+        # what runs: "auto" is fp16 on CUDA and fp32 elsewhere; int8 is checked by the agreement
+        # bounds (a silent fp32 fallback would agree too closely: the smoke test asserts it does not)
+        self.dtype = asked if asked != "auto" else "float16" if self.device.startswith("cuda") else "float32"
 
     def _load_flag(self, model_dir: str) -> None:
         cls, self.import_note = load_flag_reranker_class()
@@ -285,7 +283,7 @@ class Contender:
     def score(self, pairs: Sequence[tuple[str, str]]) -> list[float]:
         """Raw logits of ``pairs``, in input order."""
         kind = self.spec.kind
-        before = self._stats.computed_tokens if self._stats is not None else 0
+        before = self._stats.stats.computed_tokens if self._stats is not None else 0
         if kind == "ours":
             out = self._impl.score_pairs(list(pairs))
         elif kind in ("onnxruntime", "openvino"):
@@ -299,14 +297,15 @@ class Contender:
             )
             out = [float(x) for x in arr]
         if self._stats is not None:
-            self.computed_tokens += self._stats.computed_tokens - before
+            self.computed_tokens += self._stats.stats.computed_tokens - before
         return [float(x) for x in out]
 
     def token_ids(self, pairs: Sequence[tuple[str, str]]) -> list[list[int]]:
         """The ids this contender feeds the model for ``pairs`` (before padding)."""
-        if self.spec.kind in ("ours", "onnxruntime", "openvino"):
-            encoder = self._impl._backend._encoder if self.spec.kind == "ours" else self._encoder
-            return [list(x) for x in encoder.encode(list(pairs))]
+        if self.spec.kind == "ours":
+            return self._impl.encode_pairs(list(pairs))  # type: ignore[no-any-return]
+        if self.spec.kind in ("onnxruntime", "openvino"):
+            return [list(x) for x in self._encoder.encode(list(pairs))]
         if self.spec.kind == "flag":
             from FlagEmbedding.utils.tokenizer_compat import prepare_for_model_compat
 

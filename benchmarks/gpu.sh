@@ -84,7 +84,7 @@ fi
 
 # The ablations: the choices the CUDA path made without a GPU to measure on, each against the
 # references; the throughput call first (where a per-batch wait would show), then single requests.
-variants=packed-none,packed-none-sync,packed-none-padattn,packed-none-b65536,padded,flag-bs128,ce
+variants=core,packed-none,packed-none-sync,packed-none-padattn,packed-none-b65536,padded,flag-bs128,ce
 if [ "$mode" = gpu ]; then
   args=(--subject full --device cuda --requests 10 --throughput-requests 3)
   left=$((script_start + 540 - $(date +%s)))

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import itertools
+import json
 import random
 import time
 from collections.abc import Callable, Sequence
@@ -22,39 +23,35 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
+from benchmarks.harness import best_seconds, matmul_peak
 
-def _best_seconds(fn: Callable[[], object], repeats: int = 10) -> float:
-    fn()
-    best = float("inf")
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        fn()
-        best = min(best, time.perf_counter() - t0)
-    return best
+SHAPES = ((384, 1152), (384, 384), (384, 1536), (1536, 384), (1024, 3072), (1024, 4096), (4096, 1024))
+"""The linear layers' (in, out) shapes of the reduced and the full subject."""
+LENGTHS = (64, 128, 192, 256, 384, 512, 1024, 2048, 4096, 8192)
+"""The sequence lengths of flash attention's rate by length."""
 
 
-def linear() -> None:
-    """GFLOP/s of one linear layer, 2048 rows, through each library, for both subjects' shapes."""
+def linear(shapes: Sequence[tuple[int, int]] = SHAPES, square: int = 2048) -> None:
+    """GFLOP/s of one linear layer, 2048 rows, through each library, for each (in, out) shape; then
+    of a ``square`` x ``square`` matmul."""
     onednn = torch.ops.mkldnn._linear_pointwise
     print("| in x out | MKL (F.linear) GFLOP/s | oneDNN GFLOP/s |")
     print("|---|---:|---:|")
     rows = 2048
-    for k, n in [(384, 1152), (384, 384), (384, 1536), (1536, 384), (1024, 3072), (1024, 4096), (4096, 1024)]:
+    for k, n in shapes:
         x, w, b = torch.randn(rows, k), torch.randn(n, k) * 0.05, torch.randn(n)
         flops = 2 * rows * k * n
-        mkl = _best_seconds(lambda: F.linear(x, w, b))  # noqa: B023  (called before the loop moves on)
-        dnn = _best_seconds(lambda: onednn(x, w, b, "none", [], ""))  # noqa: B023
+        mkl = best_seconds(lambda: F.linear(x, w, b))  # noqa: B023  (called before the loop moves on)
+        dnn = best_seconds(lambda: onednn(x, w, b, "none", [], ""))  # noqa: B023
         print(f"| {k} x {n} | {flops / mkl / 1e9:.0f} | {flops / dnn / 1e9:.0f} |")
-    a, c = torch.randn(2048, 2048), torch.randn(2048, 2048)
-    square = 2 * 2048**3
-    print(f"square 2048 matmul: MKL {square / _best_seconds(lambda: a @ c) / 1e9:.0f} GFLOP/s, ", end="")
-    print(f"oneDNN {square / _best_seconds(lambda: onednn(a, c, None, 'none', [], '')) / 1e9:.0f} GFLOP/s")
+    a, c = torch.randn(square, square), torch.randn(square, square)
+    flops = 2 * square**3
+    print(f"square {square} matmul: MKL {flops / best_seconds(lambda: a @ c) / 1e9:.0f} GFLOP/s, ", end="")
+    print(f"oneDNN {flops / best_seconds(lambda: onednn(a, c, None, 'none', [], '')) / 1e9:.0f} GFLOP/s")
 
 
-def attention(heads: int = 6, dim: int = 64, chunks: int = 10) -> None:
+def attention(heads: int = 6, dim: int = 64, chunks: int = 10, sweep: Sequence[int] = LENGTHS) -> None:
     """Per-pair attention over 2k-token chunks of skewed lengths (the reduced subject's heads)."""
-    from bge_rerank_integrations.backends.packed import _Attention
-
     rng = random.Random(1)
     hidden = heads * dim
     data = []
@@ -66,8 +63,13 @@ def attention(heads: int = 6, dim: int = 64, chunks: int = 10) -> None:
         data.append((torch.randn(bounds[-1], 3 * hidden), bounds))
     flops = sum(4 * (b - a) ** 2 * hidden for _, bounds in data for a, b in itertools.pairwise(bounds))
 
-    def flash(qkv: torch.Tensor, bounds: list[int]) -> torch.Tensor:  # the core's own CPU attention
-        return _Attention(bounds, heads, torch.device("cpu"), "per-pair")(qkv)
+    def flash(qkv: torch.Tensor, bounds: list[int]) -> torch.Tensor:  # as the core's CPU attention
+        split = qkv.view(-1, 3, heads, dim)
+        out = qkv.new_empty(qkv.shape[0], heads, dim)
+        for a, b in itertools.pairwise(bounds):  # one call a pair, on views of the packed matrix
+            q, k, v = (split[a:b, i].transpose(0, 1).unsqueeze(0) for i in range(3))
+            out[a:b] = F.scaled_dot_product_attention(q, k, v)[0].transpose(0, 1)
+        return out.view(-1, hidden)
 
     def bmm(qkv: torch.Tensor, bounds: list[int]) -> torch.Tensor:  # queries come pre-scaled
         split = qkv.view(-1, 3, heads, dim)
@@ -84,50 +86,48 @@ def attention(heads: int = 6, dim: int = 64, chunks: int = 10) -> None:
         delta = max((flash(*d) - bmm(*s)).abs().max().item() for d, s in zip(data, scaled, strict=True))
         print(f"max |delta| between the two: {delta:.1e}")
         for name, fn, inputs in [("flash (per pair)", flash, data), ("bmm + softmax", bmm, scaled)]:
-            seconds = _best_seconds(lambda: [fn(*x) for x in inputs], repeats=3)  # noqa: B023
+            seconds = best_seconds(lambda: [fn(*x) for x in inputs], repeats=3)  # noqa: B023
             print(f"{name}: {seconds * 1e3:.1f} ms, {flops / seconds / 1e9:.0f} GFLOP/s")
         print("flash attention by sequence length, GFLOP/s for 1 (and to 2048 tokens 4) sequences a call:")
-        for length in (64, 128, 192, 256, 384, 512, 1024, 2048, 4096, 8192):
+        for length in sweep:
             rates = []
             for pairs in (1, 4) if length <= 2048 else (1,):  # a few seconds a call beyond
                 q, k, v = (torch.randn(pairs, heads, length, dim) for _ in range(3))
                 repeats = 10 if length <= 2048 else 2
-                seconds = _best_seconds(lambda: F.scaled_dot_product_attention(q, k, v), repeats)  # noqa: B023
+                seconds = best_seconds(lambda: F.scaled_dot_product_attention(q, k, v), repeats)  # noqa: B023
                 rates.append(f"{4 * pairs * heads * length**2 * dim / seconds / 1e9:.0f}")
             print(f"  {length} tokens: {' / '.join(rates)}")
 
 
 def _interactive_request(model: str) -> tuple[Callable[[], None], list[list[int]], dict[str, int]]:
-    """The padding-free forward of the first interactive request as a call, its ids, the model's shape."""
-    from benchmarks.run import build_subject
+    """The core's scoring of the first interactive request as a call (on this thread, without the
+    queue), the token ids it scores, and the model's shape."""
+    from benchmarks.subjects import build_subject
     from benchmarks.workloads import make_workloads
-    from bge_rerank_integrations import Reranker
-    from bge_rerank_integrations.batching import plan_packed_batches
+    from bge_rerank_integrations.backends.local import LocalBackend
+    from bge_rerank_integrations.config import RerankerConfig
 
-    path = str(build_subject("small", Path(model)))
+    path = build_subject("small", Path(model))
     request = make_workloads(path, "cpu")[0].requests[0]
-    backend = Reranker(path, device="cpu").load()._backend
-    ids = backend._encoder.encode([(request.query, p) for p in request.passages])  # type: ignore[attr-defined]
-    packed = backend._packed  # type: ignore[attr-defined]
-    batches = [[ids[i] for i in b] for b in plan_packed_batches([len(x) for x in ids], 16384)]
-    cfg = backend._model.config  # type: ignore[attr-defined]
-    shape = {k: int(getattr(cfg, k)) for k in ("hidden_size", "intermediate_size", "num_hidden_layers")}
+    pairs = [(request.query, p) for p in request.passages]
+    backend = LocalBackend(RerankerConfig(model=str(path), device="cpu"), padding_free=True)
+    ids = backend.encode_pairs(pairs)
+    cfg = json.loads((path / "config.json").read_text())
+    shape = {k: int(cfg[k]) for k in ("hidden_size", "intermediate_size", "num_hidden_layers")}
 
     def run() -> None:
-        with torch.inference_mode():
-            for batch in batches:
-                packed(batch)
+        backend.score_pairs(pairs)
 
     return run, ids, shape
 
 
 def profile(model: str = ".models/bench/small") -> None:
-    """The torch profiler's op table for the padding-free forward of one interactive request."""
+    """The torch profiler's op table for the core scoring one interactive request (padding-free)."""
     from torch.profiler import ProfilerActivity
     from torch.profiler import profile as torch_profile
 
     run, ids, _ = _interactive_request(model)
-    print(f"{sum(map(len, ids))} tokens; forward {_best_seconds(run, repeats=3):.2f} s (best of 3)")
+    print(f"{sum(map(len, ids))} tokens; forward {best_seconds(run, repeats=3):.2f} s (best of 3)")
     with torch_profile(activities=[ProfilerActivity.CPU]) as prof:
         run()
     print(prof.key_averages().table(sort_by="self_cpu_time_total", row_limit=12))
@@ -138,16 +138,17 @@ def flow(model: str = ".models/bench/small") -> None:
 
     One profiled run of the forward gives each shape's mean time a call inside it; the same call
     repeated alone gives its mean time with its data in the cache. The summary splits that profiled
-    run into linear layers, attention and the rest (profiler overhead included), and gives the FLOP
-    rate it would have had with every linear layer at its rate alone: an estimate from below.
+    run into linear layers, attention and the rest (tokenization and profiler overhead included),
+    and gives the FLOP rate it would have had with every linear layer at its rate alone: an estimate
+    from below.
     """
     from torch.profiler import ProfilerActivity
     from torch.profiler import profile as torch_profile
 
-    from benchmarks.run import forward_flops, matmul_peak
+    from benchmarks.run import forward_flops
 
     run, ids, shape = _interactive_request(model)
-    forward = _best_seconds(run, repeats=3)
+    forward = best_seconds(run, repeats=3)
     with torch_profile(activities=[ProfilerActivity.CPU], record_shapes=True) as prof:
         t0 = time.perf_counter()
         run()

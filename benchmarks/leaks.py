@@ -22,7 +22,7 @@ from pathlib import Path
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
-from benchmarks.soak import rss_mib
+from benchmarks.harness import markdown_table, rss_mib
 from bge_rerank_integrations import Reranker
 from bge_rerank_integrations.testing import build_test_model
 
@@ -72,15 +72,15 @@ def main(argv: Sequence[str] | None = None) -> int:
 
         _measure(1, make, keep=False, close=False)  # warm-up: imports, allocator pools
         print(f"{args.count} rerankers of the tiny test model (weights file {weights / _MIB:.1f} MiB)\n")
-        print("| case | threads left | resident memory grown (MiB) |")
-        print("|---|---:|---:|")
+        rows = []
         for name, keep, close in (
             ("dropped without close()", False, False),
             ("closed, still referenced", True, True),
             ("kept loaded (what a leak costs)", True, False),
         ):
             threads, grown = _measure(args.count, make, keep=keep, close=close)
-            print(f"| {name} | {threads} | {grown:.1f} |")
+            rows.append([name, threads, f"{grown:.1f}"])
+        print("\n".join(markdown_table(["case", "threads left", "resident memory grown (MiB)"], rows, "lrr")))
     return 0
 
 

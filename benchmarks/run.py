@@ -13,18 +13,14 @@ machine hits all contenders alike. Writes ``results.json`` (every call's time an
 from __future__ import annotations
 
 import argparse
-import datetime as dt
 import gc
 import itertools
 import json
 import logging
 import os
-import platform
-import statistics
 import sys
-import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import asdict
 from pathlib import Path
 from typing import Any
@@ -38,24 +34,13 @@ os.environ.setdefault("TQDM_DISABLE", "1")
 import torch
 
 from benchmarks.contenders import INSTALL_HINT, Contender, ContenderSpec, build_specs, missing_packages
+from benchmarks.harness import PeakRSS, machine_info, machine_line, matmul_peak, percentile, sync
+from benchmarks.subjects import DEFAULT_MODELS, SUBJECTS, build_subject
 from benchmarks.workloads import Workload, make_workloads
 
-__all__ = ["SUBJECTS", "main", "run"]
+__all__ = ["TOLERANCE", "agreement_bound", "forward_flops", "main", "run"]
 
 log = logging.getLogger("benchmarks")
-
-SUBJECTS = {
-    # name: (ModelShape keyword arguments, note)
-    "tiny": {},  # TINY_SHAPE: 2 layers, hidden 64 (smoke test)
-    "small": {
-        "num_hidden_layers": 6,
-        "hidden_size": 384,
-        "num_attention_heads": 6,
-        "intermediate_size": 1536,
-        "initializer_range": 0.1,
-    },
-    "full": "FULL_SHAPE",  # bge-reranker-v2-m3: 24 layers, hidden 1024, vocab 250002
-}
 
 # Scores must agree with ours this closely before a contender is timed (fp32 vs fp32: float rounding
 # of different batch shapes; half precision: rounding of fp16/bf16 activations).
@@ -65,119 +50,6 @@ TOLERANCE = {"float32": 1e-4, "float16": 5e-2, "bfloat16": 2.5e-1, "int8": 5e-1}
 def agreement_bound(dtype: str, other: str) -> float:
     """How far two contenders' logits may be apart: the less precise dtype of the two sets it."""
     return max(TOLERANCE[dtype], TOLERANCE[other])
-
-
-def build_subject(name: str, folder: Path) -> Path:
-    """Build the random subject model ``name`` into ``folder``, unless the same build is there."""
-    from bge_rerank_integrations.testing import (
-        FULL_SHAPE,
-        TINY_SHAPE,
-        ModelShape,
-        build_test_model,
-        model_marker,
-    )
-
-    shape = SUBJECTS[name]
-    if shape == "FULL_SHAPE":
-        model_shape = FULL_SHAPE
-    elif not shape:
-        model_shape = TINY_SHAPE
-    else:
-        assert isinstance(shape, dict)
-        model_shape = ModelShape(**shape)
-    marker = folder / "bge_test_model.json"
-    if marker.exists() and json.loads(marker.read_text()) == model_marker(model_shape):
-        return folder
-    t0 = time.perf_counter()
-    build_test_model(folder, shape=model_shape)
-    log.info("built subject %s in %s (%.1f s)", name, folder, time.perf_counter() - t0)
-    return folder
-
-
-# -- machine facts ---------------------------------------------------------------------------------
-def machine_info(device: str) -> dict[str, Any]:
-    """CPU model, cores, GPU, library versions, load."""
-    import tokenizers
-    import transformers
-
-    info: dict[str, Any] = {
-        "date": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
-        "python": platform.python_version(),
-        "torch": torch.__version__,
-        "transformers": transformers.__version__,
-        "tokenizers": tokenizers.__version__,
-        "cpu": _cpu_model(),
-        "cpu_count": os.cpu_count(),
-        "torch_threads": torch.get_num_threads(),
-        "tokenizers_parallelism": os.environ.get("TOKENIZERS_PARALLELISM", "unset (all cores)"),
-        "loadavg_start": os.getloadavg(),
-        "device": device,
-    }
-    for pkg in ("FlagEmbedding", "sentence_transformers", "onnxruntime", "openvino"):
-        try:
-            from importlib.metadata import version
-
-            info[pkg] = version(pkg if pkg != "sentence_transformers" else "sentence-transformers")
-        except Exception:
-            info[pkg] = None
-    if device.startswith("cuda"):
-        props = torch.cuda.get_device_properties(torch.device(device))
-        info["gpu"] = props.name
-        info["gpu_memory_gib"] = round(props.total_memory / 2**30, 1)
-        info["cuda"] = torch.version.cuda
-    return info
-
-
-def _cpu_model() -> str:
-    """The CPU's model name with its family and model numbers (the name alone hides the generation)."""
-    fields: dict[str, str] = {}
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            key, _, value = line.partition(":")
-            fields.setdefault(key.strip(), value.strip())
-    except OSError:
-        return platform.processor()
-    name = fields.get("model name", platform.processor())
-    if "cpu family" in fields:
-        name += f", family {fields['cpu family']} model {fields.get('model', '?')}"
-    return name
-
-
-def matmul_peak(device: str, dtype: torch.dtype, seconds: float = 3.0) -> float:
-    """Best FLOP/s of a square matmul (2048 on CPU, 8192 on GPU), measured now.
-
-    On CPU both of torch's matrix libraries are tried, alternating: MKL (``a @ b``) and oneDNN (what
-    the core's padding-free forward uses), and the faster one sets the peak.
-    """
-    n = 8192 if device.startswith("cuda") else 2048
-    a = torch.randn(n, n, device=device, dtype=dtype)
-    b = torch.randn(n, n, device=device, dtype=dtype)
-    kernels: list[Callable[[], object]] = [lambda: a @ b]
-    if device == "cpu":
-        kernels.append(lambda: torch.ops.mkldnn._linear_pointwise(a, b, None, "none", [], ""))
-    working = []
-    for kernel in kernels:
-        try:
-            kernel()
-        except (AttributeError, RuntimeError):  # oneDNN missing, or without this dtype on this CPU
-            continue
-        working.append(kernel)
-    kernels = working
-    _sync(device)
-    best = 0.0
-    deadline = time.perf_counter() + seconds
-    while time.perf_counter() < deadline:
-        for kernel in kernels:
-            t0 = time.perf_counter()
-            kernel()
-            _sync(device)
-            best = max(best, 2 * n**3 / (time.perf_counter() - t0))
-    return best
-
-
-def _sync(device: str) -> None:
-    if device.startswith("cuda"):
-        torch.cuda.synchronize()
 
 
 def forward_flops(lengths: Sequence[int], config: dict[str, Any]) -> float:
@@ -191,61 +63,6 @@ def forward_flops(lengths: Sequence[int], config: dict[str, Any]) -> float:
         attention = 4 * n * n * h
         total += layers * (linear + attention) + 2 * (h * h + h)
     return total
-
-
-class _PeakRSS:
-    """Peak resident memory of the process while a call runs (Linux ``/proc``).
-
-    The kernel's high-water mark is reset before the call and read after it, so nothing runs beside
-    the timed code, and the peak is exact. Where the mark cannot be reset, a thread samples the
-    resident size every 5 ms instead.
-    """
-
-    def __init__(self, interval: float = 0.005) -> None:
-        self._interval = interval
-        self.start = self.peak = 0
-        self._stop = threading.Event()
-        self._thread: threading.Thread | None = None
-
-    @staticmethod
-    def rss() -> int:
-        try:
-            with open("/proc/self/statm", "rb") as f:
-                return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
-        except (OSError, ValueError):
-            return 0
-
-    @staticmethod
-    def _high_water_mark() -> int:
-        with open("/proc/self/status") as f:
-            line = next(x for x in f if x.startswith("VmHWM:"))
-        return int(line.split()[1]) * 1024
-
-    def _loop(self) -> None:
-        while not self._stop.is_set():
-            self.peak = max(self.peak, self.rss())
-            self._stop.wait(self._interval)
-
-    def __enter__(self) -> _PeakRSS:
-        self.start = self.peak = self.rss()
-        try:
-            with open("/proc/self/clear_refs", "w") as f:
-                f.write("5")  # resets VmHWM to the current resident size
-            reset = self._high_water_mark() <= self.rss() + 2**20  # (a write may be accepted, ignored)
-        except (OSError, StopIteration, ValueError):
-            reset = False
-        if not reset:
-            self._thread = threading.Thread(target=self._loop, daemon=True)
-            self._thread.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        if self._thread is None:
-            self.peak = max(self.peak, self._high_water_mark())
-        else:
-            self._stop.set()
-            self._thread.join()
-        self.peak = max(self.peak, self.rss())
 
 
 # -- one workload ----------------------------------------------------------------------------------
@@ -351,13 +168,13 @@ def run_workload(
                 torch.cuda.synchronize()
                 torch.cuda.reset_peak_memory_stats()
                 gpu_base = torch.cuda.memory_allocated()
-            with _PeakRSS() as rss:
+            with PeakRSS() as rss:
                 t0 = time.perf_counter()
                 scores = c.score(pairs)
-                _sync(device)
+                sync(device)
                 elapsed = time.perf_counter() - t0
             rec["calls"].append(elapsed)
-            rec["host_peak_mib"] = max(rec["host_peak_mib"], (rss.peak - rss.start) / 2**20)
+            rec["host_peak_mib"] = max(rec["host_peak_mib"], rss.grown_mib)
             if device.startswith("cuda"):
                 rec["gpu_peak_total_mib"] = max(
                     rec.get("gpu_peak_total_mib", 0.0), torch.cuda.max_memory_allocated() / 2**20
@@ -390,9 +207,9 @@ def run_workload(
         rec["padding"] = c.computed_tokens / result["real_tokens"]
         rec["computed_tokens"] = c.computed_tokens
         if workload.per_request:
-            ms = sorted(x * 1e3 for x in rec["calls"])
-            rec["latency_p50_ms"] = statistics.median(ms)
-            rec["latency_p90_ms"] = _percentile(ms, 0.9)
+            ms = [x * 1e3 for x in rec["calls"]]
+            rec["latency_p50_ms"] = percentile(ms, 0.5)
+            rec["latency_p90_ms"] = percentile(ms, 0.9)
         rec["flops_per_s"] = result["flops"] / total
         per_call = zip(result["call_flops"], rec["calls"], strict=True)
         rec["best_call_flops_per_s"] = max(f / t for f, t in per_call)
@@ -409,16 +226,6 @@ def run_workload(
     for rec in result["contenders"].values():
         del rec["scores"]
     return result
-
-
-def _percentile(sorted_values: Sequence[float], q: float) -> float:
-    """Linear-interpolated percentile of already sorted values."""
-    if len(sorted_values) == 1:
-        return sorted_values[0]
-    pos = q * (len(sorted_values) - 1)
-    lo = int(pos)
-    hi = min(lo + 1, len(sorted_values) - 1)
-    return sorted_values[lo] + (sorted_values[hi] - sorted_values[lo]) * (pos - lo)
 
 
 def _set_fractions(rec: dict[str, Any], peaks: dict[str, float]) -> None:
@@ -472,10 +279,8 @@ def markdown(report: dict[str, Any]) -> str:
     lines = [
         f"# Benchmark: subject `{report['subject']}`, scale `{report['scale']}`, device `{m['device']}`",
         "",
-        f"{m['date']}; CPU {m['cpu']} ({m['cpu_count']} cores, torch threads {m['torch_threads']}, "
-        f"TOKENIZERS_PARALLELISM {m.get('tokenizers_parallelism', 'false')})"
-        + (f"; GPU {m['gpu']} ({m['gpu_memory_gib']} GiB), CUDA {m['cuda']}" if "gpu" in m else "")
-        + f"; load average at start {m['loadavg_start'][0]:.2f}, at end {m['loadavg_end'][0]:.2f}.",
+        machine_line(m).removesuffix(".") + f", at end {m['loadavg_end'][0]:.2f}; "
+        f"TOKENIZERS_PARALLELISM {m.get('tokenizers_parallelism', 'false')}.",
         f"torch {m['torch']}, transformers {m['transformers']}, tokenizers {m['tokenizers']}, "
         f"FlagEmbedding {m['FlagEmbedding']}, sentence-transformers {m['sentence_transformers']}, "
         f"onnxruntime {m.get('onnxruntime')}, openvino {m.get('openvino')}, Python {m['python']}.",
@@ -628,7 +433,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--scale", choices=["cpu", "gpu", "smoke"], default="cpu")
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--out", type=Path, default=Path("bench-out"))
-    parser.add_argument("--models", type=Path, default=Path(".models/bench"), help="where subjects are built")
+    parser.add_argument("--models", type=Path, default=DEFAULT_MODELS, help="where subjects are built")
     parser.add_argument("--contenders", help="comma-separated subset, ours first")
     parser.add_argument("--workloads", help="comma-separated subset of interactive,throughput,long")
     parser.add_argument("--threads", type=int, help="torch CPU threads (default: torch's choice)")

@@ -31,21 +31,14 @@ from typing import Any
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
-from benchmarks.run import build_subject, machine_info
+from benchmarks.harness import machine_info, machine_line, markdown_table, rss_mib
+from benchmarks.subjects import DEFAULT_MODELS, SUBJECTS, build_subject
 from benchmarks.workloads import make_requests
 from bge_rerank_integrations import Reranker
 
 Pair = tuple[str, str]
 TOLERANCE = 1e-5  # absolute, or relative above 1 (pytest.approx(abs=1e-5, rel=1e-5))
 COUNTERS = ("calls", "pairs", "exact", "cancelled", "timed_out", "wrong", "errors")
-
-
-def rss_mib() -> float:
-    """Resident memory of this process (VmRSS), in MiB."""
-    for line in Path("/proc/self/status").read_text().splitlines():
-        if line.startswith("VmRSS:"):
-            return int(line.split()[1]) / 1024
-    raise RuntimeError("no VmRSS in /proc/self/status")
 
 
 @dataclass
@@ -227,20 +220,20 @@ COLUMNS = [  # heading, sample key
 
 def table(samples: list[dict[str, Any]]) -> list[str]:
     """The samples as a markdown table, with the call rate since the previous sample."""
-    lines = ["| " + " | ".join(h for h, _ in COLUMNS) + " |", "|" + "---:|" * len(COLUMNS)]
+    rows = []
     previous = samples[0]
     for s in samples:
         dt = s["t_s"] - previous["t_s"]
         row = {**s, "rate": round((s["calls"] - previous["calls"]) / dt) if dt > 0 else 0}
-        lines.append("| " + " | ".join(f"{row[k]:g}" for _, k in COLUMNS) + " |")
+        rows.append([f"{row[k]:g}" for _, k in COLUMNS])
         previous = s
-    return lines
+    return markdown_table([h for h, _ in COLUMNS], rows, numeric="r" * len(COLUMNS))
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the soak; write ``soak.json`` and ``soak.md`` into ``--out``; 1 if any call was wrong."""
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
-    parser.add_argument("--subject", default="tiny", help="tiny, small or full (see benchmarks.run)")
+    parser.add_argument("--subject", choices=sorted(SUBJECTS), default="tiny")
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--seconds", type=float, default=300.0)
     parser.add_argument("--threads", type=int, default=4, help="callers using score_pairs")
@@ -251,11 +244,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--sample-every", type=float, default=10.0, help="seconds between samples")
     parser.add_argument("--warm-up", type=float, default=30.0, help="seconds before the flat-curve summary")
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--models", default="bench-out/models", help="where subject models are built")
+    parser.add_argument("--models", type=Path, default=DEFAULT_MODELS, help="where subjects are built")
     parser.add_argument("--out", default="bench-out/soak")
     args = parser.parse_args(argv)
 
-    folder = build_subject(args.subject, Path(args.models) / args.subject)
+    folder = build_subject(args.subject, args.models / args.subject)
     requests = make_requests(folder, args.queries, args.passages, args.seed)
     queries = [r.query for r in requests]
     pool = sorted({p for r in requests for p in r.passages})
@@ -299,6 +292,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         f"{s['rss_warm_min_mib']:.1f}-{s['rss_warm_max_mib']:.1f} MiB while running (after "
         f"{s['warm_up_s']:g} s; first to last {s['rss_warm_drift_mib']:+.1f} MiB), "
         f"{s['rss_after_mib']:.1f} MiB after",
+        "",
+        machine_line(report["machine"]),
         "",
         *table(samples),
     ]

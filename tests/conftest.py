@@ -14,6 +14,27 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 from bge_rerank_integrations.testing import build_test_model
 
 
+def pytest_addoption(parser: pytest.Parser) -> None:
+    """``--bench-full``: also run the tests marked ``bench_full`` (CI runs them without it)."""
+    parser.addoption(
+        "--bench-full",
+        action="store_true",
+        help="run the bench_full tests too (the default where the CI variable is set)",
+    )
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Leave out the ``bench_full`` benchmark tests unless ``--bench-full`` or in CI (``CI`` set, as
+    ``.ci/run`` does): the same ``pytest`` command runs everything in CI and a fast subset locally."""
+    ci = os.environ.get("CI", "").strip().lower() not in ("", "0", "false", "no")
+    if ci or config.getoption("--bench-full"):
+        return
+    left_out = [item for item in items if item.get_closest_marker("bench_full") is not None]
+    if left_out:
+        config.hook.pytest_deselected(items=left_out)
+        items[:] = [item for item in items if item.get_closest_marker("bench_full") is None]
+
+
 @pytest.fixture(scope="session")
 def model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """Folder of the tiny random test model (2 layers, hidden 64, trained multilingual tokenizer)."""

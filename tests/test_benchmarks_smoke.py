@@ -1,14 +1,24 @@
-"""The benchmark suite runs end to end on the tiny model, so it cannot rot between real runs."""
+"""The benchmark suite runs end to end on the tiny model, so it cannot rot between real runs.
+
+One fast smoke test per entry point runs by default; the longer runs are marked ``bench_full``,
+which CI runs (``CI`` set) and ``pytest --bench-full`` runs locally (tests/conftest.py).
+"""
 
 from __future__ import annotations
 
 import json
+import re
+import shlex
+import statistics
 from pathlib import Path
 
 import pytest
 
+BENCHMARKS = Path(__file__).resolve().parents[1] / "benchmarks"
+
 
 @pytest.mark.slow
+@pytest.mark.bench_full
 def test_benchmark_suite_runs_and_every_contender_agrees(model_dir: Path, tmp_path: Path) -> None:
     from benchmarks.run import forward_flops, run
     from benchmarks.workloads import make_workloads
@@ -34,9 +44,9 @@ def test_benchmark_suite_runs_and_every_contender_agrees(model_dir: Path, tmp_pa
         # the best call's FLOP rate: one FLOP count per call, each of that call's own pairs
         assert len(workload["call_flops"]) == len(workload["contenders"]["ours"]["calls"])
         if spec.per_request:
-            encoder = Reranker(model_dir, device="cpu", max_length=spec.max_length).load()._backend._encoder  # type: ignore[attr-defined]
+            reranker = Reranker(model_dir, device="cpu", max_length=spec.max_length)
             for flops, request in zip(workload["call_flops"], spec.requests, strict=True):
-                ids = encoder.encode([(request.query, p) for p in request.passages])
+                ids = reranker.encode_pairs([(request.query, p) for p in request.passages])
                 assert flops == pytest.approx(forward_flops([len(x) for x in ids], config))
         assert sum(workload["call_flops"]) == pytest.approx(workload["flops"])
         contenders = workload["contenders"]
@@ -74,17 +84,17 @@ def test_benchmark_suite_runs_and_every_contender_agrees(model_dir: Path, tmp_pa
 
 
 def test_a_subject_from_an_older_build_is_rebuilt_and_a_current_one_reused(tmp_path: Path) -> None:
-    from benchmarks.run import build_subject
+    from benchmarks.subjects import SUBJECTS
 
-    folder = build_subject("tiny", tmp_path / "tiny")
+    folder = SUBJECTS["tiny"].build(tmp_path)
     marker, tokenizer = folder / "bge_test_model.json", folder / "tokenizer.json"
     current, vocab = marker.read_text(), tokenizer.read_bytes()
     marker.write_text(json.dumps({**json.loads(current), "build": 1}))  # as an older builder left it
     tokenizer.write_text("{}")
-    assert build_subject("tiny", folder) == folder
+    assert SUBJECTS["tiny"].build(tmp_path) == folder
     assert (marker.read_text(), tokenizer.read_bytes()) == (current, vocab)
     weights = (folder / "model.safetensors").stat().st_mtime_ns
-    build_subject("tiny", folder)
+    SUBJECTS["tiny"].build(tmp_path)
     assert (folder / "model.safetensors").stat().st_mtime_ns == weights  # not built again
 
 
@@ -97,7 +107,6 @@ def test_agreement_bound_is_set_by_the_less_precise_contender() -> None:
     assert agreement_bound("float32", "float32") == TOLERANCE["float32"]
 
 
-@pytest.mark.slow
 def test_concurrency_benchmark_runs_and_both_modes_agree(tmp_path: Path) -> None:
     from benchmarks.concurrency import main
 
@@ -110,21 +119,34 @@ def test_concurrency_benchmark_runs_and_both_modes_agree(tmp_path: Path) -> None
     assert "| concurrent, coalesced |" in (tmp_path / "out" / "concurrency.md").read_text()
 
 
-@pytest.mark.slow
 def test_kernel_benchmarks_run_and_both_attentions_agree(capsys: pytest.CaptureFixture[str]) -> None:
     from benchmarks.kernels import attention, linear
+
+    linear(shapes=[(384, 1152)], square=256)
+    attention(chunks=1, sweep=(64, 128))
+    out = capsys.readouterr().out
+    assert "| 384 x 1152 |" in out
+    assert "square 256 matmul" in out
+    delta = float(out.split("max |delta| between the two: ")[1].split()[0])
+    assert delta < 1e-4
+    assert "128 tokens: " in out  # flash attention's rate by sequence length
+
+
+@pytest.mark.slow
+@pytest.mark.bench_full
+def test_kernel_benchmarks_cover_every_shape_and_length(capsys: pytest.CaptureFixture[str]) -> None:
+    from benchmarks.kernels import LENGTHS, SHAPES, attention, linear
 
     linear()
     attention(chunks=1)
     out = capsys.readouterr().out
-    assert "| 384 x 1152 |" in out
+    assert all(f"| {k} x {n} |" in out for k, n in SHAPES)
     assert "square 2048 matmul" in out
-    delta = float(out.split("max |delta| between the two: ")[1].split()[0])
-    assert delta < 1e-4
-    assert "8192 tokens: " in out  # flash attention's rate by sequence length
+    assert all(f"  {length} tokens: " in out for length in LENGTHS)
 
 
 @pytest.mark.slow
+@pytest.mark.bench_full
 def test_kernel_flow_compares_every_linear_shape(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     from benchmarks.kernels import flow
 
@@ -135,37 +157,91 @@ def test_kernel_flow_compares_every_linear_shape(tmp_path: Path, capsys: pytest.
     assert "of the matmul peak" in out
 
 
+def _ablation_rows(out: str) -> list[list[str]]:
+    return [
+        line.split("|") for line in out.splitlines() if line.startswith("| ") and "| variant |" not in line
+    ]
+
+
+def test_ablations_run_and_agree_with_the_core(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    from benchmarks.ablations import main
+
+    names = ["core", "packed-none-b512", "padded"]
+    args = ["--subject", "tiny", "--scale", "smoke", "--requests", "1", "--models", str(tmp_path)]
+    assert main([*args, "--variants", ",".join(names)]) == 0
+    rows = _ablation_rows(capsys.readouterr().out)
+    assert [cells[1].strip() for cells in rows] == names
+    assert all(float(cells[7]) < 1e-4 for cells in rows)  # max |delta| against the core
+    runs = {cells[1].strip(): cells[2] for cells in rows}  # what each variant really ran
+    assert "per-pair attention" in runs["packed-none-b512"]
+    assert "transformers forward" in runs["padded"]
+
+
 @pytest.mark.slow
+@pytest.mark.bench_full
 def test_ablations_run_on_both_workloads_and_every_variant_agrees(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     from benchmarks.ablations import main
 
-    names = ["packed-none", "packed-none-sync", "packed-none-padattn", "packed-none-b512", "padded", "ce"]
+    names = [
+        "core",
+        "packed-none",
+        "packed-none-sync",
+        "packed-none-padattn",
+        "packed-2048-copies",
+        "packed-2048-torchlinear",
+        "packed-2048-gelu",
+        "packed-2048-rows1",
+        "packed-2048-alllayers",
+        "padded",
+        "ce",
+        "flag-bs2",
+    ]
     args = ["--subject", "tiny", "--scale", "smoke", "--requests", "1", "--models", str(tmp_path)]
     assert main([*args, "--workload", "throughput,interactive", "--variants", ",".join(names)]) == 0
     lines = capsys.readouterr().out.splitlines()
     titles = [line.split(" workload")[0] for line in lines if " workload, tiny subject" in line]
     assert titles == ["throughput", "interactive"]  # in the order asked for, one process
-    rows = [line.split("|") for line in lines if line.startswith("| ") and not line.startswith("| variant")]
+    rows = _ablation_rows("\n".join(lines))
     assert [cells[1].strip() for cells in rows] == names * 2
     for cells in rows:
-        assert float(cells[7]) < 1e-4  # max |delta| against packed-none
-    runs = {cells[1].strip(): cells[2] for cells in rows}  # what each variant really ran
+        assert float(cells[7]) < 1e-4  # max |delta| against the core
+    runs = {cells[1].strip(): cells[2] for cells in rows}
     assert "per-pair attention" in runs["packed-none"]
     assert "padded attention" in runs["packed-none-padattn"]
-    assert "transformers forward" in runs["padded"]
 
 
 def test_unknown_ablation_variants_are_refused() -> None:
-    from benchmarks.ablations import make_variant
+    from benchmarks.ablations import variants
 
     for name in ("packed-none-synk", "packed-b512", "padded-x"):
         with pytest.raises(SystemExit, match="unknown variant"):
-            make_variant(name, "unused")
+            variants(["core", name])
 
 
-@pytest.mark.slow
+def test_every_variant_the_documents_and_gpu_sh_name_is_in_the_table() -> None:
+    from benchmarks.ablations import VARIANTS
+
+    quoted = re.findall(r"--variants[ =\n]+([\w,-]+)", (BENCHMARKS / "RESULTS.md").read_text())
+    quoted += re.findall(r"^variants=([\w,-]+)", (BENCHMARKS / "gpu.sh").read_text(), re.MULTILINE)
+    names = {n for group in quoted for n in group.split(",")}
+    assert len(quoted) >= 6
+    assert "packed-none-b65536" in names  # gpu.sh's
+    assert names <= set(VARIANTS), names - set(VARIANTS)
+
+
+def test_ablations_list_every_variant_with_its_settings(capsys: pytest.CaptureFixture[str]) -> None:
+    from benchmarks.ablations import VARIANTS, main
+
+    assert main(["--list"]) == 0
+    rows = {
+        line.split(" | ")[0].removeprefix("| "): line for line in capsys.readouterr().out.splitlines()[2:]
+    }
+    assert list(rows) == list(VARIANTS)
+    assert "chunk_tokens=2048, linear='unfused-gelu'" in rows["packed-2048-gelu"]
+
+
 def test_soak_runs_and_reports_its_curve(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     from benchmarks.soak import main
 
@@ -248,3 +324,52 @@ def test_a_contender_whose_runtime_is_missing_is_skipped_with_a_note(
     assert set(report["skipped"]) == {"openvino", "openvino-default"}
     table = (tmp_path / "results.md").read_text()
     assert "- skipped openvino: not installed: not_a_real_runtime_pkg (pip install" in table
+
+
+def test_one_percentile_definition_for_the_suite() -> None:
+    # linear interpolation between closest ranks: statistics' "inclusive" method, numpy's default
+    from benchmarks.harness import percentile
+
+    values = [7.0, 1.0, 4.0, 10.0, 2.0, 3.0, 9.0, 5.0, 8.0, 6.0]
+    expected = statistics.quantiles(values, n=100, method="inclusive")
+    assert [percentile(values, q / 100) for q in range(1, 100)] == pytest.approx(expected)
+    assert percentile(values, 0.5) == statistics.median(values)
+    assert (percentile(values, 0.0), percentile(values, 1.0), percentile([3.0], 0.9)) == (1.0, 10.0, 3.0)
+    with pytest.raises(ValueError, match="no values"):
+        percentile([], 0.5)
+
+
+def test_the_entry_points_use_the_harness_not_their_own_copies() -> None:
+    # two percentile definitions made p90s from run.py and concurrency.py incomparable (issue 13)
+    for path in BENCHMARKS.glob("*.py"):
+        if path.name != "harness.py":
+            source = path.read_text()
+            for name in ("percentile", "machine_info", "rss_mib", "best_seconds", "matmul_peak"):
+                assert not re.search(rf"^def _?{name}\(", source, re.MULTILINE), (path.name, name)
+
+
+def test_every_results_path_the_documents_cite_exists_and_nothing_is_left_to_prune() -> None:
+    from benchmarks.prune import cited, prunable
+
+    paths = cited()
+    assert len(paths) >= 20
+    assert paths[BENCHMARKS / "results" / "soak" / "soak.json"] == "RELIABILITY.md"
+    assert [str(p) for p in paths if not p.exists()] == []
+    assert [p.name for p in prunable()] == []  # run ``python -m benchmarks.prune --apply``
+
+
+def test_prune_keeps_the_latest_run_of_a_configuration_and_the_cited_ones(tmp_path: Path) -> None:
+    from benchmarks.prune import configuration, prunable
+
+    def run(name: str, date: str, command: str) -> None:
+        (tmp_path / name).mkdir()
+        report = {"command": command, "machine": {"date": date}}
+        (tmp_path / name / "concurrency.json").write_text(json.dumps(report))
+
+    same = "python -m benchmarks.concurrency --subject small --out {}"
+    run("old", "2026-01-01T00:00:00+00:00", same.format("bench-out/a"))
+    run("new", "2026-01-02T00:00:00+00:00", same.format("bench-out/b"))
+    run("other", "2025-01-01T00:00:00+00:00", "python -m benchmarks.concurrency --subject tiny")
+    (tmp_path / "loose.md").write_text("an uncited table")
+    assert configuration(tmp_path / "old") == (shlex.join(same.split()[:-2]), "2026-01-01T00:00:00+00:00")
+    assert [p.name for p in prunable(tmp_path)] == ["loose.md", "old"]

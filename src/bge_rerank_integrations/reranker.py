@@ -11,6 +11,7 @@ ends its threads and drops its weights and connections; a reranker nobody refere
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import functools
 import math
 import os
@@ -18,12 +19,15 @@ import threading
 from collections.abc import Sequence
 from dataclasses import dataclass
 from types import TracebackType
-from typing import Any, ClassVar, Self
+from typing import TYPE_CHECKING, Any, ClassVar, Self
 
 from bge_rerank_integrations.backends.base import Backend
 from bge_rerank_integrations.config import DEFAULT_MODEL, BackendName, DType, LongPassages, RerankerConfig
 from bge_rerank_integrations.errors import RerankError
 from bge_rerank_integrations.scheduler import BatchScheduler
+
+if TYPE_CHECKING:
+    from bge_rerank_integrations.backends.local import ForwardStats, LocalBackend
 
 __all__ = ["RerankResult", "Reranker", "check_top", "rank_scores", "sigmoid"]
 
@@ -339,6 +343,46 @@ class Reranker:
         """:meth:`rank` without blocking the event loop."""
         check_top("top_n", top_n)
         return rank_scores(await self.ascore(query, passages, normalize=normalize), top_n)
+
+    def encode_pairs(self, pairs: Sequence[tuple[str, str]]) -> list[list[int]]:
+        """The exact token ids the model is fed for ``pairs`` (local backends only; loads the tokenizer).
+
+        One list per pair, in input order; with ``long_passages="window"``, one per window, pair by
+        pair. For benchmarks and tests that count tokens or compare tokenizers.
+
+        Raises:
+            TypeError: a pair is not two ``str``, or the reranker scores through a remote engine
+                (the engine tokenizes).
+            RerankError: the reranker is closed.
+        """
+        checked = _check_pairs(pairs)
+        self._check_open()
+        backend = self._local_backends("encode_pairs")[0]  # replicas share the tokenizer settings
+        return backend.encode_pairs(checked) if checked else []
+
+    @property
+    def stats(self) -> ForwardStats:
+        """Totals of the forward passes so far, over every replica (local backends only): pairs, real
+        and computed tokens (padding included), passes. A snapshot; it does not change afterwards.
+
+        Raises:
+            TypeError: the reranker scores through a remote engine, which counts nothing here.
+        """
+        from bge_rerank_integrations.backends.local import ForwardStats
+
+        total = ForwardStats()
+        for backend in self._local_backends("stats"):
+            for name, value in dataclasses.asdict(backend.stats).items():
+                setattr(total, name, getattr(total, name) + value)
+        return total
+
+    def _local_backends(self, what: str) -> list[LocalBackend]:
+        from bge_rerank_integrations.backends.local import LocalBackend
+
+        local = [b for b in self._backends if isinstance(b, LocalBackend)]
+        if len(local) != len(self._backends):
+            raise TypeError(f"Reranker.{what} needs local backends; this reranker scores through others")
+        return local
 
     def _check_open(self) -> None:
         if self._closed:

@@ -132,12 +132,20 @@ def _why_unavailable(device: torch.device) -> str:
 class LocalBackend:
     """Loads the model with ``transformers`` on first use and scores pairs on one device."""
 
-    def __init__(self, config: RerankerConfig, device: str | None = None) -> None:
+    def __init__(
+        self, config: RerankerConfig, device: str | None = None, *, padding_free: bool | None = None
+    ) -> None:
         """Store the settings; nothing is loaded until :meth:`load` or the first score.
 
-        ``device`` picks this replica's device when ``config.device`` lists several.
+        ``device`` picks this replica's device when ``config.device`` lists several. ``padding_free``:
+        ``None`` runs padding-free where the model allows, ``False`` always runs the padded
+        ``transformers`` forward (the path of other models: for comparisons), ``True`` insists on the
+        padding-free forward (:meth:`load` raises ``ValueError`` naming why a model cannot).
         """
+        if config.dtype == "int8" and padding_free is False:  # int8 layers exist on that forward only
+            raise ValueError("dtype='int8' runs padding-free only; it cannot take padding_free=False")
         self.config = config
+        self._padding_free = padding_free
         self._device_name = device if device is not None else _single_device(config.device)
         self._load_lock = threading.Lock()
         self._device_lock = threading.Lock()  # one forward pass at a time on the device
@@ -192,9 +200,14 @@ class LocalBackend:
         )
         self._pad_id = weights.pad_id
         self._multiple = 8 if device.type == "cuda" else 1
+        if self._padding_free and weights.packed is None:
+            from bge_rerank_integrations.backends.packed import packed_support
+
+            reason = packed_support(weights.model)
+            raise ValueError(f"padding_free=True, but {cfg.model!r} cannot run padding-free: {reason}")
         # A view of the shared padding-free forward: its tuning (chunk size, attention) is this
         # backend's own, its weights are the shared ones.
-        self._packed = copy.copy(weights.packed)
+        self._packed = None if self._padding_free is False else copy.copy(weights.packed)
         self._device_lock = weights.lock  # one forward pass at a time on these weights, for all users
         self._device = weights.device
         self._weights = weights
@@ -218,21 +231,30 @@ class LocalBackend:
             del model
             torch.cuda.empty_cache()
 
+    def encode_pairs(self, pairs: Sequence[tuple[str, str]]) -> list[list[int]]:
+        """The token ids :meth:`score_pairs` feeds the model for ``pairs`` (with ``long_passages=
+        "window"``, every window of every pair, pair by pair); loads the tokenizer if needed."""
+        return [list(x) for x in self._encode(pairs)[0]]
+
+    def _encode(self, pairs: Sequence[tuple[str, str]]) -> tuple[list[list[int]], list[int] | None]:
+        """Ids of ``pairs`` (or their windows), and with windows the pair each one belongs to."""
+        self.load()
+        assert self._encoder is not None
+        cfg = self.config
+        if cfg.long_passages == "window":
+            return self._encoder.encode_windows(
+                pairs, overlap=cfg.resolved_window_overlap, max_windows=cfg.max_windows
+            )
+        return self._encoder.encode(pairs), None
+
     def score_pairs(self, pairs: Sequence[tuple[str, str]]) -> list[float]:
         """Raw logits of ``pairs`` in input order; each batch runs exactly once."""
         import torch
 
         if not pairs:
             return []
-        self.load()
-        assert self._encoder is not None
+        ids, owners = self._encode(pairs)
         cfg = self.config
-        if cfg.long_passages == "window":
-            ids, owners = self._encoder.encode_windows(
-                pairs, overlap=cfg.resolved_window_overlap, max_windows=cfg.max_windows
-            )
-        else:
-            ids, owners = self._encoder.encode(pairs), None
         scores: list[float] = [0.0] * len(ids)
         lengths = [len(x) for x in ids]
         if self._packed is not None:  # no padding: a batch costs its real tokens

@@ -318,11 +318,11 @@ class PackedForward:
     def _run(self, batch: Sequence[Sequence[int]]) -> torch.Tensor:
         h, attend, starts = self._embed(batch)
         for layer in self.layers[:-1]:
-            h = self._layer(h, layer, attend)
+            h = self.encoder_layer(h, layer, attend)
         if self.first_rows_only:
             first = self._last_layer(h, self.layers[-1], attend, starts)
         else:
-            first = self._layer(h, self.layers[-1], attend)[starts]
+            first = self.encoder_layer(h, self.layers[-1], attend)[starts]
         logits = F.linear(torch.tanh(F.linear(first, *self.dense)), *self.out_proj)
         return logits[: len(batch), 0].float()
 
@@ -349,8 +349,13 @@ class PackedForward:
         h = F.layer_norm(h, (self.hidden,), *self.ln0)
         return h, _Attention(bounds, self.heads, self.device, self.attention), starts
 
-    def _layer(self, h: torch.Tensor, layer: _Layer, attend: _Attention) -> torch.Tensor:
-        """One encoder layer over the packed rows."""
+    def encoder_layer(self, h: torch.Tensor, layer: _Layer, attend: _Attention) -> torch.Tensor:
+        """One encoder layer over the packed rows ``h``: ``layer``'s weights, ``attend`` the pairs' attention.
+
+        A seam for variants: a subclass may override it to time another layer implementation
+        (``benchmarks.ablations`` does); the last layer keeps :meth:`_last_layer` unless
+        ``first_rows_only`` is ``False``.
+        """
         a = self.linear(attend(self.linear(h, *layer.qkv)), *layer.out)
         a += h
         h = F.layer_norm(a, (self.hidden,), *layer.ln1)
