@@ -21,7 +21,14 @@ from types import TracebackType
 from typing import Any, ClassVar, Self
 
 from bge_rerank_integrations.backends.base import Backend
-from bge_rerank_integrations.config import DEFAULT_MODEL, BackendName, DType, LongPassages, RerankerConfig
+from bge_rerank_integrations.config import (
+    DEFAULT_MODEL,
+    BackendName,
+    DType,
+    LongPassages,
+    RerankerConfig,
+    ScoringOptions,
+)
 from bge_rerank_integrations.errors import RerankError
 from bge_rerank_integrations.scheduler import BatchScheduler
 
@@ -50,8 +57,8 @@ def sigmoid(logit: float) -> float:
 _TYPICAL_PAIR_TOKENS = 128
 
 
-def _pass_pairs(backend: Backend) -> int:
-    return backend.pass_tokens // _TYPICAL_PAIR_TOKENS
+def _pass_pairs(backend: Backend, options: ScoringOptions) -> int:
+    return min(backend.pass_tokens, options.max_batch_tokens) // _TYPICAL_PAIR_TOKENS
 
 
 class Reranker:
@@ -144,7 +151,7 @@ class Reranker:
         else:
             from bge_rerank_integrations.backends.remote import RemoteBackend
 
-            self._backends = [RemoteBackend(config)]
+            self._backends = [_WithoutOptions(RemoteBackend(config))]
         # A remote engine gets several calls in flight side by side; it bounds the HTTP requests among them.
         workers = (
             self._backends if config.backend == "local" else self._backends * config.max_concurrent_requests
@@ -157,6 +164,7 @@ class Reranker:
             max_wait=config.batch_wait_ms / 1000,
             max_pairs=[functools.partial(_pass_pairs, backend) for backend in workers],
         )
+        self._scoring = config.scoring
         self._closed = False
         self._is_shared = False  # made by shared_from_config, which counts its holders in _holds
         self._holds = 0
@@ -285,20 +293,28 @@ class Reranker:
             backend.load()
         return self
 
-    def score(self, query: str, passages: Sequence[str], *, normalize: bool | None = None) -> list[float]:
+    def score(
+        self, query: str, passages: Sequence[str], *, normalize: bool | None = None, **options: Any
+    ) -> list[float]:
         """One score per passage, in input order: the raw logit, or its sigmoid if ``normalize``.
 
-        ``normalize=None`` uses the instance default. An empty ``passages`` returns ``[]`` without
-        loading the model.
+        ``normalize=None`` uses the instance default. ``options`` override this reranker's scoring
+        options (:class:`~.config.ScoringOptions`: ``max_length``, ``long_passages``,
+        ``max_batch_tokens``, ...) for this call only; the scores are those of a reranker built with
+        them, and the model is the same. An empty ``passages`` returns ``[]`` without loading the model.
 
         Raises:
-            TypeError: ``query`` or a passage is not a ``str`` (the message names the index).
+            TypeError: ``query`` or a passage is not a ``str`` (the message names the index), or an
+                option is unknown or of the wrong type.
+            ValueError: an option is out of range (checked before the call is queued).
         """
-        return self._score(_query_pairs(query, passages), normalize)
+        return self._score(_query_pairs(query, passages), normalize, self._options(options))
 
-    def score_pairs(self, pairs: Sequence[tuple[str, str]], *, normalize: bool | None = None) -> list[float]:
-        """One score per ``(query, passage)`` pair, in input order."""
-        return self._score(_check_pairs(pairs), normalize)
+    def score_pairs(
+        self, pairs: Sequence[tuple[str, str]], *, normalize: bool | None = None, **options: Any
+    ) -> list[float]:
+        """One score per ``(query, passage)`` pair, in input order (``options`` as in :meth:`score`)."""
+        return self._score(_check_pairs(pairs), normalize, self._options(options))
 
     def rank(
         self,
@@ -307,26 +323,28 @@ class Reranker:
         *,
         top_n: int | None = None,
         normalize: bool | None = None,
+        **options: Any,
     ) -> list[RerankResult]:
-        """Passages as ``(index, score)``, best first; ties keep input order; at most ``top_n``.
+        """Passages as ``(index, score)``, best first; ties keep input order; at most ``top_n``
+        (``options`` as in :meth:`score`).
 
         Raises:
             ValueError: ``top_n`` is not ``None`` and below 1.
         """
         check_top("top_n", top_n)
-        return rank_scores(self.score(query, passages, normalize=normalize), top_n)
+        return rank_scores(self.score(query, passages, normalize=normalize, **options), top_n)
 
     async def ascore(
-        self, query: str, passages: Sequence[str], *, normalize: bool | None = None
+        self, query: str, passages: Sequence[str], *, normalize: bool | None = None, **options: Any
     ) -> list[float]:
         """:meth:`score` without blocking the event loop: the work runs on the scoring thread."""
-        return await self._ascore(_query_pairs(query, passages), normalize)
+        return await self._ascore(_query_pairs(query, passages), normalize, self._options(options))
 
     async def ascore_pairs(
-        self, pairs: Sequence[tuple[str, str]], *, normalize: bool | None = None
+        self, pairs: Sequence[tuple[str, str]], *, normalize: bool | None = None, **options: Any
     ) -> list[float]:
         """:meth:`score_pairs` without blocking the event loop."""
-        return await self._ascore(_check_pairs(pairs), normalize)
+        return await self._ascore(_check_pairs(pairs), normalize, self._options(options))
 
     async def arank(
         self,
@@ -335,21 +353,37 @@ class Reranker:
         *,
         top_n: int | None = None,
         normalize: bool | None = None,
+        **options: Any,
     ) -> list[RerankResult]:
         """:meth:`rank` without blocking the event loop."""
         check_top("top_n", top_n)
-        return rank_scores(await self.ascore(query, passages, normalize=normalize), top_n)
+        return rank_scores(await self.ascore(query, passages, normalize=normalize, **options), top_n)
 
     def _check_open(self) -> None:
         if self._closed:
             model = self.config.model
             raise RerankError(f"Reranker({model!r}) is closed; create a new Reranker to score again")
 
-    def _score(self, pairs: list[tuple[str, str]], normalize: bool | None) -> list[float]:
+    def _options(self, overrides: dict[str, Any]) -> ScoringOptions:
+        """This reranker's scoring options with a call's ``overrides``, checked before anything is queued.
+
+        Checked against the whole settings, so that an option a remote engine cannot honour (windows)
+        is refused as it is at construction.
+        """
+        if not overrides:
+            return self._scoring
+        options = self._scoring.replace(**overrides)  # unknown names: a TypeError listing the options
+        if self.config.backend != "local":
+            self.config.replace(**overrides)
+        return options
+
+    def _score(
+        self, pairs: list[tuple[str, str]], normalize: bool | None, options: ScoringOptions
+    ) -> list[float]:
         self._check_open()
         if not pairs:
             return []
-        future = self._scheduler.submit(pairs)
+        future = self._scheduler.submit(pairs, options)
         try:
             logits = future.result()
         except BaseException:
@@ -357,12 +391,14 @@ class Reranker:
             raise
         return self._finish(logits, normalize)
 
-    async def _ascore(self, pairs: list[tuple[str, str]], normalize: bool | None) -> list[float]:
+    async def _ascore(
+        self, pairs: list[tuple[str, str]], normalize: bool | None, options: ScoringOptions
+    ) -> list[float]:
         self._check_open()
         if not pairs:
             return []
         # Cancelling the awaiting task cancels the request if its batch has not started yet.
-        return self._finish(await asyncio.wrap_future(self._scheduler.submit(pairs)), normalize)
+        return self._finish(await asyncio.wrap_future(self._scheduler.submit(pairs, options)), normalize)
 
     def _finish(self, logits: list[float], normalize: bool | None) -> list[float]:
         if self.config.normalize if normalize is None else normalize:
@@ -370,9 +406,11 @@ class Reranker:
         return logits
 
 
-def _checked_logits(backend: Backend, dtype: str, pairs: list[tuple[str, str]]) -> list[float]:
+def _checked_logits(
+    backend: Backend, dtype: str, pairs: list[tuple[str, str]], options: ScoringOptions
+) -> list[float]:
     """One scheduler replica: raw logits from ``backend``, refused if any is NaN."""
-    logits = backend.score_pairs(pairs)
+    logits = backend.score_pairs(pairs, options)
     broken = sum(1 for x in logits if math.isnan(x))
     if broken:
         raise RerankError(
@@ -380,6 +418,30 @@ def _checked_logits(backend: Backend, dtype: str, pairs: list[tuple[str, str]]) 
             f"broken for this input (dtype={dtype!r}: try 'bfloat16' or 'float32')"
         )
     return logits
+
+
+class _WithoutOptions:
+    """Today's remote backend behind the queue: the engine truncates by itself, so options are not sent."""
+
+    def __init__(self, inner: Any) -> None:
+        self.inner = inner
+
+    @property
+    def is_loaded(self) -> bool:
+        return bool(self.inner.is_loaded)
+
+    @property
+    def pass_tokens(self) -> int:
+        return int(self.inner.pass_tokens)
+
+    def load(self) -> None:
+        self.inner.load()
+
+    def close(self) -> None:
+        self.inner.close()
+
+    def score_pairs(self, pairs: Sequence[tuple[str, str]], options: ScoringOptions) -> list[float]:
+        return list(self.inner.score_pairs(pairs))
 
 
 def rank_scores(scores: Sequence[float], top_n: int | None = None) -> list[RerankResult]:

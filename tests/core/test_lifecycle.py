@@ -208,9 +208,9 @@ class Announcing:
         self.load, self.close = inner.load, inner.close
     is_loaded = property(lambda self: self.inner.is_loaded)
     pass_tokens = property(lambda self: self.inner.pass_tokens)
-    def score_pairs(self, pairs):
+    def score_pairs(self, pairs, options):
         self.started.set()
-        return self.inner.score_pairs(pairs)
+        return self.inner.score_pairs(pairs, options)
 
 def local(model):
     config = RerankerConfig(model=model, device="cpu")

@@ -75,9 +75,9 @@ def test_duplicate_passages_are_scored_once_and_tie_exactly(model_dir: Path) -> 
     scored: list[int] = []
     real = reranker._backend.score_pairs
 
-    def counting(pairs):  # type: ignore[no-untyped-def]
+    def counting(pairs, options):  # type: ignore[no-untyped-def]
         scored.append(len(pairs))
-        return real(pairs)
+        return real(pairs, options)
 
     reranker._backend.score_pairs = counting  # type: ignore[method-assign]
     passages = ["same text", "other", "same text", "third", "other"]

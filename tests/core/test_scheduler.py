@@ -26,7 +26,7 @@ class SlowFakeModel:
         self.lock = threading.Lock()
         self.started = threading.Event()
 
-    def __call__(self, pairs: list[tuple[str, str]]) -> list[float]:
+    def __call__(self, pairs: list[tuple[str, str]], options: object = None) -> list[float]:
         with self.lock:
             self.batches.append(list(pairs))
         self.started.set()
@@ -49,7 +49,7 @@ def test_concurrent_requests_share_batches_and_get_their_own_scores() -> None:
     scheduler = BatchScheduler([model])
     reqs = requests(32)
     with ThreadPoolExecutor(max_workers=32) as pool:
-        results = list(pool.map(lambda r: scheduler.submit(r).result(timeout=30), reqs))
+        results = list(pool.map(lambda r: scheduler.submit(r, None).result(timeout=30), reqs))
     assert results == [expected(r) for r in reqs]
     assert len(model.batches) < len(reqs) / 2  # coalesced into a few shared forward passes
     assert sorted(p for b in model.batches for p in b) == sorted(p for r in reqs for p in r)
@@ -58,9 +58,9 @@ def test_concurrent_requests_share_batches_and_get_their_own_scores() -> None:
 def test_identical_pairs_across_requests_are_scored_once() -> None:
     model = SlowFakeModel(delay=0.05)
     scheduler = BatchScheduler([model])
-    blocker = scheduler.submit([("warm", "up")])
+    blocker = scheduler.submit([("warm", "up")], None)
     model.started.wait(5)
-    futures = [scheduler.submit([("q", "same"), ("q", f"own {i}")]) for i in range(5)]
+    futures = [scheduler.submit([("q", "same"), ("q", f"own {i}")], None) for i in range(5)]
     assert [f.result(timeout=30) for f in futures] == [
         expected([("q", "same"), ("q", f"own {i}")]) for i in range(5)
     ]
@@ -71,24 +71,24 @@ def test_identical_pairs_across_requests_are_scored_once() -> None:
 def test_a_failing_request_fails_alone_with_its_own_error() -> None:
     model = SlowFakeModel(delay=0.05, fail_on="poison")
     scheduler = BatchScheduler([model])
-    blocker = scheduler.submit([("warm", "up")])
+    blocker = scheduler.submit([("warm", "up")], None)
     model.started.wait(5)
-    good = [scheduler.submit([("q", f"fine {i}")]) for i in range(4)]
-    bad = scheduler.submit([("q", "poison pill")])
+    good = [scheduler.submit([("q", f"fine {i}")], None) for i in range(4)]
+    bad = scheduler.submit([("q", "poison pill")], None)
     with pytest.raises(RuntimeError, match="model broke on 'poison'"):
         bad.result(timeout=30)
     assert [f.result(timeout=30) for f in good] == [expected([("q", f"fine {i}")]) for i in range(4)]
     blocker.result(timeout=30)
-    assert scheduler.submit([("q", "after")]).result(timeout=30) == expected([("q", "after")])
+    assert scheduler.submit([("q", "after")], None).result(timeout=30) == expected([("q", "after")])
 
 
 def test_a_request_cancelled_before_its_batch_is_never_scored() -> None:
     model = SlowFakeModel(delay=0.1)
     scheduler = BatchScheduler([model])
-    blocker = scheduler.submit([("warm", "up")])
+    blocker = scheduler.submit([("warm", "up")], None)
     model.started.wait(5)
-    cancelled = scheduler.submit([("q", "cancelled")])
-    kept = scheduler.submit([("q", "kept")])
+    cancelled = scheduler.submit([("q", "cancelled")], None)
+    kept = scheduler.submit([("q", "kept")], None)
     assert cancelled.cancel()
     assert kept.result(timeout=30) == expected([("q", "kept")])
     blocker.result(timeout=30)
@@ -98,18 +98,18 @@ def test_a_request_cancelled_before_its_batch_is_never_scored() -> None:
 def test_max_wait_gathers_a_burst_into_one_batch() -> None:
     model = SlowFakeModel(delay=0.0)
     scheduler = BatchScheduler([model], max_wait=0.2, max_pairs=10**6)
-    futures = [scheduler.submit([("q", str(i))]) for i in range(10)]
+    futures = [scheduler.submit([("q", str(i))], None) for i in range(10)]
     assert [f.result(timeout=30) for f in futures] == [expected([("q", str(i))]) for i in range(10)]
     assert len(model.batches) == 1
 
 
 def test_a_replica_with_a_cap_of_one_pair_takes_one_request_at_a_time() -> None:
     model = SlowFakeModel(delay=0.05)
-    scheduler = BatchScheduler([model], max_pairs=[lambda: 1])
-    blocker = scheduler.submit([("warm", "up")])
+    scheduler = BatchScheduler([model], max_pairs=[lambda _: 1])
+    blocker = scheduler.submit([("warm", "up")], None)
     model.started.wait(5)
     reqs = requests(6)
-    futures = [scheduler.submit(r) for r in reqs]  # all queued while the first pass runs
+    futures = [scheduler.submit(r, None) for r in reqs]  # all queued while the first pass runs
     assert [f.result(timeout=30) for f in futures] == [expected(r) for r in reqs]
     blocker.result(timeout=30)
     assert model.batches[1:] == reqs  # one request per pass, in arrival order
@@ -118,11 +118,11 @@ def test_a_replica_with_a_cap_of_one_pair_takes_one_request_at_a_time() -> None:
 def test_the_cap_is_read_again_for_every_batch() -> None:
     model = SlowFakeModel(delay=0.05)
     caps = iter([1, 1, 10**6])
-    scheduler = BatchScheduler([model], max_pairs=[lambda: next(caps, 10**6)])
-    blocker = scheduler.submit([("warm", "up")])
+    scheduler = BatchScheduler([model], max_pairs=[lambda _: next(caps, 10**6)])
+    blocker = scheduler.submit([("warm", "up")], None)
     model.started.wait(5)
     reqs = [[("q", f"request {i}")] for i in range(5)]
-    futures = [scheduler.submit(r) for r in reqs]  # all queued while the first pass runs
+    futures = [scheduler.submit(r, None) for r in reqs]  # all queued while the first pass runs
     assert [f.result(timeout=30) for f in futures] == [expected(r) for r in reqs]
     blocker.result(timeout=30)
     assert model.batches[1:] == [reqs[0], [p for r in reqs[1:] for p in r]]  # cap 1, then unbounded
@@ -130,7 +130,7 @@ def test_the_cap_is_read_again_for_every_batch() -> None:
 
 def test_max_pairs_must_fit_the_replicas() -> None:
     with pytest.raises(ValueError, match="1 entries for 2 replicas"):
-        BatchScheduler([SlowFakeModel(), SlowFakeModel()], max_pairs=[lambda: 8])
+        BatchScheduler([SlowFakeModel(), SlowFakeModel()], max_pairs=[lambda _: 8])
     with pytest.raises(ValueError, match="positive"):
         BatchScheduler([SlowFakeModel()], max_pairs=0)
     with pytest.raises(TypeError, match="one function per replica"):
@@ -142,7 +142,7 @@ def test_several_replicas_share_one_queue() -> None:
     scheduler = BatchScheduler(models, max_pairs=3)
     reqs = requests(40)
     with ThreadPoolExecutor(max_workers=16) as pool:
-        results = list(pool.map(lambda r: scheduler.submit(r).result(timeout=30), reqs))
+        results = list(pool.map(lambda r: scheduler.submit(r, None).result(timeout=30), reqs))
     assert results == [expected(r) for r in reqs]
     assert all(m.batches for m in models)  # both replicas did work
 
@@ -240,7 +240,7 @@ def _workers() -> set[threading.Thread]:
 
 
 def test_a_base_exception_in_a_shared_batch_reaches_only_its_caller_and_the_worker_lives_on() -> None:
-    def score(pairs: list[tuple[str, str]]) -> list[float]:
+    def score(pairs: list[tuple[str, str]], options: None) -> list[float]:
         batches.append(len(pairs))
         for _, passage in pairs:
             if passage == "interrupt":
@@ -252,11 +252,11 @@ def test_a_base_exception_in_a_shared_batch_reaches_only_its_caller_and_the_work
     batches: list[int] = []
     model = SlowFakeModel(delay=0.05)
     scheduler = BatchScheduler([score])
-    blocker = scheduler.submit([("warm", "up")])
+    blocker = scheduler.submit([("warm", "up")], None)
     model.started.wait(5)
-    good = [scheduler.submit([("q", f"fine {i}")]) for i in range(3)]
-    interrupted = scheduler.submit([("q", "interrupt")])
-    panicked = scheduler.submit([("q", "panic")])
+    good = [scheduler.submit([("q", f"fine {i}")], None) for i in range(3)]
+    interrupted = scheduler.submit([("q", "interrupt")], None)
+    panicked = scheduler.submit([("q", "panic")], None)
     with pytest.raises(KeyboardInterrupt):
         interrupted.result(timeout=30)
     with pytest.raises(Panic, match="tokenizer panicked"):
@@ -264,13 +264,13 @@ def test_a_base_exception_in_a_shared_batch_reaches_only_its_caller_and_the_work
     assert [f.result(timeout=30) for f in good] == [expected([("q", f"fine {i}")]) for i in range(3)]
     blocker.result(timeout=30)
     assert batches[1] == 5  # the five requests queued behind the blocker shared one batch
-    assert scheduler.submit([("q", "after")]).result(timeout=30) == expected([("q", "after")])
+    assert scheduler.submit([("q", "after")], None).result(timeout=30) == expected([("q", "after")])
 
 
 def test_a_scheduler_nobody_references_ends_its_workers() -> None:
     before = _workers()
     scheduler = BatchScheduler([SlowFakeModel(delay=0.0), SlowFakeModel(delay=0.0)])
-    assert scheduler.submit([("q", "a")]).result(timeout=30) == expected([("q", "a")])
+    assert scheduler.submit([("q", "a")], None).result(timeout=30) == expected([("q", "a")])
     started = _workers() - before
     assert len(started) == 2
     del scheduler
@@ -284,9 +284,9 @@ def test_close_serves_the_queued_requests_then_refuses_new_ones() -> None:
     model = SlowFakeModel(delay=0.05)
     scheduler = BatchScheduler([model])
     before = _workers()
-    blocker = scheduler.submit([("warm", "up")])
+    blocker = scheduler.submit([("warm", "up")], None)
     model.started.wait(5)
-    queued = [scheduler.submit([("q", f"queued {i}")]) for i in range(3)]
+    queued = [scheduler.submit([("q", f"queued {i}")], None) for i in range(3)]
     started = _workers() - before
     scheduler.close()  # returns once the workers have ended
     assert all(f.done() for f in [blocker, *queued])
@@ -294,5 +294,5 @@ def test_close_serves_the_queued_requests_then_refuses_new_ones() -> None:
     assert started
     assert not any(worker.is_alive() for worker in started)
     with pytest.raises(RerankError, match="closed"):
-        scheduler.submit([("q", "late")])
+        scheduler.submit([("q", "late")], None)
     scheduler.close()  # idempotent

@@ -25,7 +25,7 @@ from typing import TYPE_CHECKING, Any
 from bge_rerank_integrations.backends.model_source import check_model_name, load_error_message
 from bge_rerank_integrations.backends.weights import LoadedWeights, WeightsKey, shared_weights
 from bge_rerank_integrations.batching import padded_length, plan_batches, plan_packed_batches
-from bge_rerank_integrations.config import RerankerConfig
+from bge_rerank_integrations.config import RerankerConfig, ScoringOptions
 from bge_rerank_integrations.errors import ModelLoadError
 from bge_rerank_integrations.tokenization import PairEncoder
 
@@ -34,9 +34,12 @@ if TYPE_CHECKING:
 
     from bge_rerank_integrations.backends.packed import PackedForward
 
-__all__ = ["ForwardStats", "LocalBackend", "available_devices", "resolve_device"]
+__all__ = ["NO_PASS_LIMIT", "ForwardStats", "LocalBackend", "available_devices", "resolve_device"]
 
 logger = logging.getLogger(__name__)
+
+NO_PASS_LIMIT = 1 << 40
+"""``pass_tokens`` of a device that a pass of any batch budget keeps busy (GPUs)."""
 
 # On CPU the padding-free forward runs a batch in parts of about this many tokens, so that the
 # activations stay in the cache between the matrix multiplies: 2k tokens in fp32 and int8, 4k in
@@ -143,6 +146,8 @@ class LocalBackend:
         self._device_lock = threading.Lock()  # one forward pass at a time on the device
         self._model: Any = None
         self._encoder: PairEncoder | None = None
+        self._encoders: dict[tuple[int, int], PairEncoder] = {}  # per (max_length, query_max_length)
+        self._position_limit: int | None = None
         self._device: torch.device | None = None
         self._pad_id = 0
         self._multiple = 1
@@ -164,14 +169,15 @@ class LocalBackend:
 
     @property
     def pass_tokens(self) -> int:
-        """On CPU one chunk (about 2k tokens already keep the cores busy); elsewhere the batch budget."""
+        """On CPU one chunk (about 2k tokens already keep the cores busy); elsewhere no bound of the
+        device's own (:data:`NO_PASS_LIMIT`): the call's batch budget decides."""
         try:
             device = self._device if self._device is not None else resolve_device(self._device_name)
         except ValueError:  # an invalid device name is reported by load(), with the model's context
-            return self.config.max_batch_tokens
+            return NO_PASS_LIMIT
         if device.type != "cpu":
-            return self.config.max_batch_tokens
-        return min(_cpu_chunk_tokens(self.config.dtype), self.config.max_batch_tokens)
+            return NO_PASS_LIMIT
+        return _cpu_chunk_tokens(self.config.dtype)
 
     def load(self) -> None:
         """Load tokenizer and weights once; later calls return at once."""
@@ -187,9 +193,9 @@ class LocalBackend:
         # Backends that differ only in how they score share the weights loaded for the first of them.
         weights = shared_weights(_weights_key(cfg, device), functools.partial(_load_weights, cfg, device))
         _check_max_length(cfg.max_length, weights.position_limit)
-        self._encoder = weights.encoder.with_lengths(
-            max_length=cfg.max_length, query_max_length=cfg.resolved_query_max_length
-        )
+        self._position_limit = weights.position_limit
+        self._encoders = {}
+        self._encoder = weights.encoder
         self._pad_id = weights.pad_id
         self._multiple = 8 if device.type == "cuda" else 1
         # A view of the shared padding-free forward: its tuning (chunk size, attention) is this
@@ -211,6 +217,7 @@ class LocalBackend:
             device, self._device = self._device, None
             self._weights = None  # the weights go once no other backend refers to them
             self._encoder = None
+            self._encoders = {}
             self._packed = None
         if model is not None and device is not None and device.type == "cuda":
             import torch
@@ -218,27 +225,42 @@ class LocalBackend:
             del model
             torch.cuda.empty_cache()
 
-    def score_pairs(self, pairs: Sequence[tuple[str, str]]) -> list[float]:
-        """Raw logits of ``pairs`` in input order; each batch runs exactly once."""
+    def encoder(self, options: ScoringOptions) -> PairEncoder:
+        """The pair encoder of ``options``' lengths (loads the model if needed), made once per lengths.
+
+        Raises:
+            ValueError: ``options.max_length`` exceeds the model's position embeddings.
+        """
+        self.load()
+        lengths = (options.max_length, options.resolved_query_max_length)
+        found = self._encoders.get(lengths)
+        if found is None:
+            base = self._encoder
+            assert base is not None
+            _check_max_length(options.max_length, self._position_limit)
+            found = base.with_lengths(max_length=lengths[0], query_max_length=lengths[1])
+            self._encoders[lengths] = found  # a race makes an equal copy: harmless
+        return found
+
+    def score_pairs(self, pairs: Sequence[tuple[str, str]], options: ScoringOptions) -> list[float]:
+        """Raw logits of ``pairs`` in input order, scored under ``options``; each batch runs exactly once."""
         import torch
 
         if not pairs:
             return []
-        self.load()
-        assert self._encoder is not None
-        cfg = self.config
-        if cfg.long_passages == "window":
-            ids, owners = self._encoder.encode_windows(
-                pairs, overlap=cfg.resolved_window_overlap, max_windows=cfg.max_windows
+        encoder = self.encoder(options)
+        if options.long_passages == "window":
+            ids, owners = encoder.encode_windows(
+                pairs, overlap=options.resolved_window_overlap, max_windows=options.max_windows
             )
         else:
-            ids, owners = self._encoder.encode(pairs), None
+            ids, owners = encoder.encode(pairs), None
         scores: list[float] = [0.0] * len(ids)
         lengths = [len(x) for x in ids]
         if self._packed is not None:  # no padding: a batch costs its real tokens
-            plan = plan_packed_batches(lengths, cfg.max_batch_tokens)
+            plan = plan_packed_batches(lengths, options.max_batch_tokens)
         else:
-            plan = plan_batches(lengths, cfg.max_batch_tokens, multiple=self._multiple)
+            plan = plan_batches(lengths, options.max_batch_tokens, multiple=self._multiple)
         # Logits stay on the device until every batch is queued: on a GPU the host prepares the next
         # batch while the device still runs the last one, and the call waits for the device once.
         logits = [self._run_splitting([ids[i] for i in batch]) for batch in plan]
