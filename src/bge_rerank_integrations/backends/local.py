@@ -242,6 +242,20 @@ class LocalBackend:
             self._encoders[lengths] = found  # a race makes an equal copy: harmless
         return found
 
+    def check(self, options: ScoringOptions) -> None:
+        """Load the model if needed and raise ``ValueError`` if it cannot score under ``options``."""
+        self.encoder(options)
+
+    def encode(self, pairs: Sequence[tuple[str, str]], options: ScoringOptions) -> list[list[int]]:
+        """The token ids this backend scores for ``pairs`` under ``options``: one list per pair, or in
+        ``long_passages="window"`` mode one per window, the pairs' windows in order."""
+        encoder = self.encoder(options)
+        if options.long_passages == "window":
+            return encoder.encode_windows(
+                pairs, overlap=options.resolved_window_overlap, max_windows=options.max_windows
+            )[0]
+        return encoder.encode(pairs)
+
     def score_pairs(self, pairs: Sequence[tuple[str, str]], options: ScoringOptions) -> list[float]:
         """Raw logits of ``pairs`` in input order, scored under ``options``; each batch runs exactly once."""
         import torch
