@@ -300,14 +300,6 @@ class Reranker:
         return not self._closed and self._engine.is_loaded
 
     @property
-    def _backend(self) -> Backend:  # removed once the tests use the public seams
-        return self._local_backends()[0]
-
-    @property
-    def _backends(self) -> list[LocalBackend]:  # removed once the tests use the public seams
-        return self._local_backends()
-
-    @property
     def engine(self) -> Engine:
         """What this reranker scores through: a queue over local replicas, or a serving engine."""
         return self._engine

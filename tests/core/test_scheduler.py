@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 
 from bge_rerank_integrations import Reranker, RerankError
+from bge_rerank_integrations.backends.queued import QueuedEngine
 from bge_rerank_integrations.scheduler import BatchScheduler
 
 from .texts import PASSAGES, QUERIES
@@ -204,12 +205,11 @@ def test_on_cpu_queued_requests_share_a_pass_only_up_to_one_cpu_chunk(model_dir:
     # Two cores are saturated by about 2k tokens: grouping more small requests into one pass would
     # only make the first of them wait for the last (benchmarks/RESULTS.md, cross-request batching).
     reranker = Reranker(model_dir, device="cpu", max_length=128).load()
-    backend = reranker._backend
     calls = [(QUERIES[0], [f"{PASSAGES[i % 5]} {i} {j}" for j in range(10)]) for i in range(8)]
-    before = backend.stats.forward_passes
+    before = reranker.stats.forward_passes
     with ThreadPoolExecutor(max_workers=8) as pool:
         results = list(pool.map(lambda c: reranker.score(*c), calls))
-    assert backend.stats.forward_passes - before >= 4  # at most two 10-pair requests per pass
+    assert reranker.stats.forward_passes - before >= 4  # at most two 10-pair requests per pass
     for call, got in zip(calls, results, strict=True):
         assert got == pytest.approx(reranker.score(*call), abs=1e-5, rel=1e-5)
 
@@ -222,7 +222,8 @@ def test_a_list_of_devices_runs_one_replica_per_device(model_dir: Path, workload
     calls = [workload[i % len(workload)] for i in range(60)]
     with ThreadPoolExecutor(max_workers=12) as pool:
         results = list(pool.map(lambda c: replicated.score(*c), calls))
-    assert len(replicated._backends) == 2
+    assert isinstance(replicated.engine, QueuedEngine)
+    assert len(replicated.engine.backends) == 2
     assert replicated.is_loaded  # each replica loads on its first batch: both took work
     for call, got in zip(calls, results, strict=True):
         assert got == pytest.approx(single.score(*call), abs=1e-5, rel=1e-5)
