@@ -318,7 +318,8 @@ def make_variant(variant: Variant, model: str, device: str = "cpu") -> tuple[Sco
         if variant.dtype == "auto"
         else variant.dtype
     )
-    return backend.score_pairs, f"{runs}, " + ("transformers forward" if padded else "the core's own path")
+    scorer = functools.partial(backend.score_pairs, options=config.scoring)
+    return scorer, f"{runs}, " + ("transformers forward" if padded else "the core's own path")
 
 
 # -- timing ----------------------------------------------------------------------------------------

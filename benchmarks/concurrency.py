@@ -87,7 +87,7 @@ def single_caller_overhead(
         reranker.score(request.query, list(request.passages))
         through.append(time.perf_counter() - t)
         t = time.perf_counter()
-        backend.score_pairs(pairs)
+        backend.score_pairs(pairs, backend.config.scoring)
         direct.append(time.perf_counter() - t)
     med_through, med_direct = percentile(through, 0.5), percentile(direct, 0.5)
     return {

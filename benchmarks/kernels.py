@@ -111,12 +111,12 @@ def _interactive_request(model: str) -> tuple[Callable[[], None], list[list[int]
     request = make_workloads(path, "cpu")[0].requests[0]
     pairs = [(request.query, p) for p in request.passages]
     backend = LocalBackend(RerankerConfig(model=str(path), device="cpu"), padding_free=True)
-    ids = backend.encode_pairs(pairs)
+    ids = backend.encode(pairs, backend.config.scoring)
     cfg = json.loads((path / "config.json").read_text())
     shape = {k: int(cfg[k]) for k in ("hidden_size", "intermediate_size", "num_hidden_layers")}
 
     def run() -> None:
-        backend.score_pairs(pairs)
+        backend.score_pairs(pairs, backend.config.scoring)
 
     return run, ids, shape
 

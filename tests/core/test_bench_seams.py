@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from bge_rerank_integrations import Reranker, RerankerConfig
+from bge_rerank_integrations import Reranker, RerankerConfig, RerankError
 from bge_rerank_integrations.backends.local import LocalBackend
 
 # one long passage among short ones: a padded batch pays the long one's width for every row
@@ -21,21 +21,28 @@ PAIRS = [("what is a panda?", "The giant panda is a bear native to China. " * 12
 def test_the_padded_forward_scores_alike_and_computes_the_padding(model_dir: Path) -> None:
     config = RerankerConfig(model=str(model_dir), device="cpu")
     packed, padded = LocalBackend(config), LocalBackend(config, padding_free=False)
-    assert padded.score_pairs(PAIRS) == pytest.approx(packed.score_pairs(PAIRS), abs=1e-5)
-    width = max(len(ids) for ids in padded.encode_pairs(PAIRS))
+    assert padded.score_pairs(PAIRS, config.scoring) == pytest.approx(
+        packed.score_pairs(PAIRS, config.scoring), abs=1e-5
+    )
+    width = max(len(ids) for ids in padded.encode(PAIRS, config.scoring))
     assert padded.stats.computed_tokens == width * len(PAIRS) > packed.stats.computed_tokens
     assert padded.stats.real_tokens == packed.stats.real_tokens
 
 
 def test_padding_free_true_names_why_a_model_cannot(model_dir: Path, tmp_path: Path) -> None:
-    assert LocalBackend(RerankerConfig(model=str(model_dir)), "cpu", padding_free=True).score_pairs(PAIRS[:1])
+    options = RerankerConfig().scoring
+    assert LocalBackend(RerankerConfig(model=str(model_dir)), "cpu", padding_free=True).score_pairs(
+        PAIRS[:1], options
+    )
     other = shutil.copytree(model_dir, tmp_path / "tanh-gelu")
     config = json.loads((other / "config.json").read_text())
     (other / "config.json").write_text(json.dumps({**config, "hidden_act": "gelu_new"}))
     backend = LocalBackend(RerankerConfig(model=str(other)), "cpu", padding_free=True)
     with pytest.raises(ValueError, match=r"cannot run padding-free: config\.hidden_act is 'gelu_new'"):
         backend.load()
-    assert LocalBackend(RerankerConfig(model=str(other)), "cpu").score_pairs(PAIRS[:1])  # padded, as before
+    assert LocalBackend(RerankerConfig(model=str(other)), "cpu").score_pairs(
+        PAIRS[:1], options
+    )  # padded, as before
 
 
 def test_int8_refuses_the_padded_forward(model_dir: Path) -> None:
@@ -69,9 +76,9 @@ def test_encode_pairs_gives_every_window_of_a_long_passage(model_dir: Path) -> N
 
 def test_encode_pairs_and_stats_are_local_only() -> None:
     rr = Reranker("m", backend="infinity", base_url="http://127.0.0.1:9")  # nothing is sent
-    with pytest.raises(TypeError, match="needs local backends"):
+    with pytest.raises(RerankError, match="not local replicas"):
         rr.encode_pairs(PAIRS)
-    with pytest.raises(TypeError, match="needs local backends"):
+    with pytest.raises(RerankError, match="not local replicas"):
         _ = rr.stats
     with pytest.raises(TypeError, match="must be a str"):
         Reranker("m").encode_pairs([("q", 1)])  # type: ignore[list-item]
