@@ -22,6 +22,7 @@ import bge_rerank_integrations
 from bge_rerank_integrations import Reranker, RerankerConfig
 from bge_rerank_integrations.backends.local import available_devices
 from bge_rerank_integrations.cli import main
+from bge_rerank_integrations.config import setting_doc
 from tests.processes import CLI, child_env, fake_hub, online_env
 
 PASSAGES = ["Paris is the capital of France.", "Water boils at 100 degrees.", "Berlin is in Germany."]
@@ -96,6 +97,20 @@ def test_model_options_reach_the_core(model_dir: Path, capsys: pytest.CaptureFix
     expected = windowed.rank(QUERY, [long_passage, PASSAGES[1]])
     lines = capsys.readouterr().out.splitlines()
     assert [f"{r.score:9.4f}" in line for r, line in zip(expected, lines, strict=True)] == [True, True]
+
+
+def test_list_settings_take_comma_lists_and_bad_values_are_named(
+    model_dir: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    args = ["query", QUERY, "p", "--model", str(model_dir)]
+    with pytest.raises(SystemExit) as info:  # argparse's own usage error, as for --max-length x
+        main([*args, "--cutoff-layers", "8,x"])
+    assert info.value.code == 2
+    assert "argument --cutoff-layers: invalid comma-separated int value: '8,x'" in capsys.readouterr().err
+    assert main([*args, "--dtype", "int3"]) == 2  # checked by the core, which names what it takes
+    assert "dtype must be one of" in capsys.readouterr().err
+    assert main([*args, "--long-passages", "all"]) == 2
+    assert "long_passages must be 'truncate' or 'window', got 'all'" in capsys.readouterr().err
 
 
 def test_a_remote_backend_without_url_is_a_clear_error(capsys: pytest.CaptureFixture[str]) -> None:
@@ -392,10 +407,9 @@ def test_help_shows_the_cores_defaults_and_the_record_shapes(capsys: pytest.Capt
     text = "".join(capsys.readouterr().out.split())  # argparse wraps lines where it likes
     defaults = RerankerConfig()
     for shown in [
-        f"(default: {defaults.max_batch_tokens})",
+        f"{setting_doc('max_batch_tokens')} (default: {defaults.max_batch_tokens})",  # never stale
         f"(default: {defaults.max_length})",
         f"(default: {defaults.model})",
-        "real tokens for XLM-RoBERTa models",
         '"results": [{"index": I, "score": S, "text": "..." (with --include-text)}, ...]',
         "--local-files-only",
         'a field named "line" or "results" is a bad line',

@@ -7,34 +7,57 @@ read text the same way.
 
 from __future__ import annotations
 
-import dataclasses
 import threading
+import typing
 from collections.abc import Callable, Mapping, Sequence
-from typing import Any
+from typing import Any, NamedTuple
 
-from bge_rerank_integrations.config import RerankerConfig
+from bge_rerank_integrations.config import SETTINGS, RerankerConfig
 from bge_rerank_integrations.reranker import Reranker, check_top
 
 __all__ = [
+    "EXCLUDED_SETTINGS",
     "MODEL_SETTINGS",
     "RerankerHold",
+    "Setting",
     "adapter_config",
     "adapter_reranker",
     "check_top",
+    "model_settings",
     "text_with_meta",
 ]
 
-MODEL_SETTINGS: tuple[str, ...] = tuple(
-    f.name
-    for f in dataclasses.fields(RerankerConfig)
-    if f.name not in ("normalize", "token", "prompt", "cutoff_layers", "compress_ratio", "compress_layers")
-)
-"""The :class:`RerankerConfig` fields every adapter exposes as its own model settings.
+EXCLUDED_SETTINGS = ("normalize", "token")
+"""The declared settings no adapter takes as a model setting (why: see :data:`MODEL_SETTINGS`)."""
 
-Two are left out: ``normalize`` is a per-call choice in every adapter (so adapters wanting raw
-logits share the model with ones wanting 0..1 scores), and ``token`` is a secret, which each
-adapter takes in its framework's way or from the environment (``HF_TOKEN``).
+MODEL_SETTINGS: tuple[str, ...] = tuple(f.name for f in SETTINGS if f.name not in EXCLUDED_SETTINGS)
+"""The :class:`RerankerConfig` fields every adapter (and the CLI) exposes as its own model settings.
+
+Every declared setting but two: ``normalize`` is a per-call choice in every adapter (so adapters
+wanting raw logits share the model with ones wanting 0..1 scores), and ``token`` is a secret, which
+each adapter takes in its framework's way or from the environment (``HF_TOKEN``).
 """
+
+
+class Setting(NamedTuple):
+    """One model setting as :mod:`~bge_rerank_integrations.config` declares it, for deriving options."""
+
+    name: str
+    annotation: Any
+    """The declared type, resolved (``int | None``, a ``Literal``, ``tuple[int, ...] | None``)."""
+    default: Any
+    doc: str
+    """The one-line description (``metadata["doc"]``)."""
+
+
+def model_settings() -> tuple[Setting, ...]:
+    """Each of :data:`MODEL_SETTINGS` with its declared type, default and description, in order."""
+    hints = typing.get_type_hints(RerankerConfig)
+    return tuple(
+        Setting(f.name, hints[f.name], f.default, str(f.metadata["doc"]))
+        for f in SETTINGS
+        if f.name in MODEL_SETTINGS
+    )
 
 
 def adapter_reranker(settings: Mapping[str, Any], reranker: Reranker | None = None) -> Reranker:

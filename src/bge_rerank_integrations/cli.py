@@ -16,11 +16,13 @@ import argparse
 import contextlib
 import os
 import sys
-from collections.abc import Iterator, Sequence
-from typing import IO, get_args
+from collections.abc import Callable, Iterator, Sequence
+from types import UnionType
+from typing import IO, Any, Literal, Union, get_args, get_origin
 
 from bge_rerank_integrations import __version__
-from bge_rerank_integrations.config import BACKENDS, LongPassages, RerankerConfig
+from bge_rerank_integrations.adapter_support import Setting, model_settings
+from bge_rerank_integrations.config import RerankerConfig
 from bge_rerank_integrations.errors import ModelLoadError
 from bge_rerank_integrations.reranker import Reranker, check_top
 
@@ -28,8 +30,6 @@ __all__ = ["main"]
 
 EXIT_OK, EXIT_LOAD_ERROR, EXIT_BAD_INPUT = 0, 1, 2
 EXIT_INTERRUPTED, EXIT_BROKEN_PIPE = 130, 141
-
-_DEFAULTS = RerankerConfig()
 
 RANK_FORMAT = """\
 input: JSON Lines in UTF-8, one request per line (blank lines skipped; a byte-order mark at the
@@ -55,54 +55,53 @@ def _progress_option(parser: argparse.ArgumentParser) -> None:
 
 
 def _model_options(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument(
-        "--model", default=_DEFAULTS.model, help="hub model id or local folder (default: %(default)s)"
-    )
-    parser.add_argument(
-        "--local-files-only",
-        action="store_true",
-        help="never contact the Hugging Face hub: load a hub id from the local cache (as HF_HUB_OFFLINE=1)",
-    )
-    parser.add_argument(
-        "--device",
-        default=_DEFAULTS.device,
-        help="cuda, cuda:1, mps or cpu (default: the best available); cuda:0,cuda:1 runs a replica on each",
-    )
-    parser.add_argument(
-        "--dtype",
-        default=_DEFAULTS.dtype,
-        help="auto (fp16 on CUDA, fp32 elsewhere), float32, float16, bfloat16 or int8 (CPU only) "
-        "(default: %(default)s)",
-    )
-    parser.add_argument(
-        "--max-length",
-        type=int,
-        default=_DEFAULTS.max_length,
-        help="tokens of a (query, passage) pair, special tokens included (default: %(default)s)",
-    )
-    parser.add_argument(
-        "--max-batch-tokens",
-        type=int,
-        default=_DEFAULTS.max_batch_tokens,
-        help="tokens per forward pass: real tokens for XLM-RoBERTa models such as bge-reranker-v2-m3, "
-        "padded tokens for others (default: %(default)s)",
-    )
     parser.add_argument("--top-n", type=int, default=None, help="keep only the best N passages")
     parser.add_argument("--raw", action="store_true", help="raw logits instead of sigmoid scores in 0..1")
-    parser.add_argument(
-        "--long-passages",
-        choices=get_args(LongPassages),
-        default=_DEFAULTS.long_passages,
-        help="window: score overlapping windows of long passages and keep the best (slower; "
-        "default: %(default)s)",
+    settings = parser.add_argument_group(
+        "settings", "the core's settings (bge_rerank_integrations.RerankerConfig); not given: the default"
     )
-    parser.add_argument(
-        "--backend", choices=BACKENDS, default=_DEFAULTS.backend, help="where to score (default: %(default)s)"
-    )
-    parser.add_argument("--base-url", default=_DEFAULTS.base_url, help="serving engine URL (remote backends)")
-    parser.add_argument(
-        "--api-key-env", default=_DEFAULTS.api_key_env, help="environment variable holding the API key"
-    )
+    for setting in model_settings():
+        _setting_option(settings, setting)
+
+
+def _setting_option(group: argparse._ArgumentGroup, setting: Setting) -> None:
+    """The option of one declared setting: its flag, type, default and help all from the declaration.
+
+    ``int``, ``float`` and ``str`` settings take a value of that type, ``bool`` ones a flag and its
+    ``--no-`` form, ``Literal`` ones a name (the core checks it and accepts its aliases, such as
+    ``fp16``), and tuple ones a comma-separated list (``--device cuda:0,cuda:1``).
+    """
+    flag = "--" + setting.name.replace("_", "-")
+    args = [a for a in get_args(setting.annotation) if a is not type(None)]
+    if get_origin(setting.annotation) not in (UnionType, Union):
+        args = [setting.annotation]
+    tuples = [get_args(a)[0] for a in args if get_origin(a) is tuple and get_args(a)[1:] == (...,)]
+    options: dict[str, Any] = {"default": setting.default, "help": setting.doc.replace("%", "%%")}
+    if args == [bool]:
+        options["action"] = argparse.BooleanOptionalAction
+    elif len(args) == 1 and get_origin(args[0]) is Literal:
+        options["metavar"] = "{" + ",".join(map(str, get_args(args[0]))) + "}"
+    elif len(tuples) == 1 and tuples[0] in (int, str) and len(set(args) - {tuples[0]}) == 1:
+        options["type"] = _comma_list(tuples[0], single=tuples[0] in args)
+        options["help"] += " Several as a comma-separated list."
+    elif len(args) == 1 and args[0] in (int, float, str):
+        options["type"] = args[0]
+    else:
+        raise TypeError(f"the CLI has no option for setting {setting.name!r} of type {setting.annotation}")
+    if setting.default is not None:
+        options["help"] += " (default: %(default)s)"
+    group.add_argument(flag, **options)
+
+
+def _comma_list(element: Callable[[str], object], *, single: bool) -> Callable[[str], object]:
+    """Parse ``a,b,c`` into a tuple of ``element`` values; with ``single``, one value stays itself."""
+
+    def parse(text: str) -> object:
+        items = tuple(element(item.strip()) for item in text.split(","))
+        return items[0] if single and len(items) == 1 else items
+
+    parse.__name__ = f"comma-separated {getattr(element, '__name__', 'value')}"  # argparse's error names it
+    return parse
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -169,20 +168,8 @@ def _library_bars_off() -> Iterator[None]:
 
 def _reranker(args: argparse.Namespace) -> Reranker:
     check_top("top_n", args.top_n)  # before anything loads
-    device = args.device.split(",") if args.device and "," in args.device else args.device
-    return Reranker(
-        args.model,
-        device=device,
-        dtype=args.dtype,
-        max_length=args.max_length,
-        max_batch_tokens=args.max_batch_tokens,
-        normalize=not args.raw,
-        long_passages=args.long_passages,
-        local_files_only=args.local_files_only,
-        backend=args.backend,
-        base_url=args.base_url,
-        api_key_env=args.api_key_env,
-    )
+    settings = {setting.name: getattr(args, setting.name) for setting in model_settings()}
+    return Reranker.from_config(RerankerConfig(**settings, normalize=not args.raw))
 
 
 def _cmd_query(args: argparse.Namespace) -> int:

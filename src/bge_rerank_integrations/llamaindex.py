@@ -8,7 +8,8 @@ nodes are never changed. Postprocessors built with the same model settings share
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
+import difflib
+from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
 
@@ -28,7 +29,6 @@ except ImportError as exc:
     ) from exc
 
 from bge_rerank_integrations.adapter_support import check_top, text_with_meta
-from bge_rerank_integrations.config import BackendName, LongPassages
 from bge_rerank_integrations.pydantic_settings import RerankerSettings
 from bge_rerank_integrations.reranker import Reranker, RerankResult
 
@@ -99,80 +99,34 @@ class BGERerank(RerankerSettings, BaseNodePostprocessor):
         default="\n", description="Joins the meta_fields_to_embed values and the node text."
     )
 
+    # Restated so type checkers see this signature, not one synthesised from the fields alone.
     def __init__(
         self,
         *,
-        top_n: int | None = 5,
-        model: str | None = None,
-        device: str | Sequence[str] | None = None,
-        dtype: str | None = None,
-        max_length: int | None = None,
-        query_max_length: int | None = None,
-        long_passages: LongPassages | None = None,
-        window_overlap: int | None = None,
-        max_windows: int | None = None,
-        max_batch_tokens: int | None = None,
-        batch_wait_ms: float | None = None,
-        revision: str | None = None,
-        cache_dir: str | None = None,
-        local_files_only: bool | None = None,
-        trust_remote_code: bool | None = None,
-        backend: BackendName | None = None,
-        base_url: str | None = None,
-        api_key_env: str | None = None,
-        request_timeout: float | None = None,
-        max_concurrent_requests: int | None = None,
-        max_texts_per_request: int | None = None,
-        verify_tls: bool | None = None,
-        normalize: bool = True,
-        keep_retrieval_score: bool = False,
-        metadata_mode: MetadataMode = MetadataMode.EMBED,
-        meta_fields_to_embed: Sequence[str] | None = None,
-        meta_separator: str = "\n",
         reranker: Reranker | None = None,
         callback_manager: CallbackManager | None = None,
+        **data: Any,
     ) -> None:
         """Check the settings and find the (shared) core; nothing is loaded.
 
-        Model settings left ``None`` take the core's defaults (see :class:`RerankerConfig`).
+        Args:
+            reranker: a ready core reranker, instead of model settings.
+            callback_manager: LlamaIndex's callbacks (a query engine assigns its own).
+            **data: the fields above and the model settings (``model``, ``device``, ``max_length``,
+                ...; every one of :data:`~bge_rerank_integrations.adapter_support.MODEL_SETTINGS`,
+                described in :mod:`~bge_rerank_integrations.config`); a model setting left out or
+                ``None`` takes the core's default.
 
         Raises:
             ValueError: ``top_n`` is below 1, a model setting is out of range, or ``reranker`` is given
                 together with model settings.
-            TypeError: ``reranker`` is not a :class:`Reranker`.
+            TypeError: ``reranker`` is not a :class:`Reranker`, a setting has the wrong type, or a
+                keyword names no field (as for a function; the closest field is suggested).
         """
-        fields: dict[str, Any] = {
-            "model": model,
-            "device": device,
-            "dtype": dtype,
-            "max_length": max_length,
-            "query_max_length": query_max_length,
-            "long_passages": long_passages,
-            "window_overlap": window_overlap,
-            "max_windows": max_windows,
-            "max_batch_tokens": max_batch_tokens,
-            "batch_wait_ms": batch_wait_ms,
-            "revision": revision,
-            "cache_dir": cache_dir,
-            "local_files_only": local_files_only,
-            "trust_remote_code": trust_remote_code,
-            "backend": backend,
-            "base_url": base_url,
-            "api_key_env": api_key_env,
-            "request_timeout": request_timeout,
-            "max_concurrent_requests": max_concurrent_requests,
-            "max_texts_per_request": max_texts_per_request,
-            "verify_tls": verify_tls,
-            "top_n": top_n,
-            "normalize": normalize,
-            "keep_retrieval_score": keep_retrieval_score,
-            "metadata_mode": metadata_mode,
-            "meta_fields_to_embed": meta_fields_to_embed,  # pydantic refuses a bare str here
-            "meta_separator": meta_separator,
-        }
+        _check_keywords(data)
         if callback_manager is not None:
-            fields["callback_manager"] = callback_manager
-        super().__init__(reranker=reranker, **fields)
+            data["callback_manager"] = callback_manager
+        super().__init__(reranker=reranker, **data)
 
     @field_validator("top_n", mode="before")
     @classmethod
@@ -278,6 +232,16 @@ class BGERerank(RerankerSettings, BaseNodePostprocessor):
                 node = _with_retrieval_score(node, float(source.score))
             out.append(NodeWithScore(node=node, score=float(result.score)))
         return out
+
+
+def _check_keywords(data: dict[str, Any]) -> None:
+    """Refuse a keyword that names no field, as Python does for a function (LlamaIndex's own idiom)."""
+    names = list(BGERerank.model_fields)
+    for given in data:
+        if given not in names:
+            close = difflib.get_close_matches(given, names, n=1)
+            hint = f" (did you mean {close[0]!r}?)" if close else ""
+            raise TypeError(f"BGERerank() got an unexpected keyword argument {given!r}{hint}")
 
 
 def _with_retrieval_score(node: BaseNode, score: float) -> BaseNode:

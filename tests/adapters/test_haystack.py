@@ -20,6 +20,7 @@ from haystack.utils import ComponentDevice, Secret
 from haystack.utils.device import DeviceMap
 
 from bge_rerank_integrations import Reranker, RerankerConfig
+from bge_rerank_integrations.adapter_support import MODEL_SETTINGS
 from bge_rerank_integrations.haystack import BGERanker
 from haystack_integrations.components.rankers.bge_reranker import BGERanker as NamespacedBGERanker
 
@@ -356,24 +357,12 @@ def test_run_and_run_async_take_the_same_parameters() -> None:
 # --- serialization --------------------------------------------------------------------------------
 
 
-# Settings added with the remote backend, long passages and cross-request batching, in to_dict order.
-NEW_SETTINGS = (
-    "query_max_length",
-    "long_passages",
-    "window_overlap",
-    "max_windows",
-    "batch_wait_ms",
-    "revision",
-    "cache_dir",
-    "local_files_only",
-    "trust_remote_code",
-    "backend",
-    "base_url",
-    "api_key",
-    "request_timeout",
-    "max_concurrent_requests",
-    "max_texts_per_request",
-    "verify_tls",
+# The core settings saved beside the ones the first tests give, derived from the declaration (the
+# API key as a Secret), so a new setting is checked here with no edit.
+NEW_SETTINGS = tuple(
+    "api_key" if name == "api_key_env" else name
+    for name in MODEL_SETTINGS
+    if name not in ("model", "device", "max_length", "max_batch_tokens", "dtype")
 )
 # The sentence-transformers ranker's prompt parameters, at their defaults.
 PROMPTS = {"query_prefix": "", "query_suffix": "", "document_prefix": "", "document_suffix": ""}
@@ -507,6 +496,7 @@ def test_remote_and_serving_settings_round_trip_exactly(monkeypatch: pytest.Monk
             "max_length": None,
             "max_batch_tokens": None,
             "dtype": None,
+            **dict.fromkeys(NEW_SETTINGS),  # those not given; the ones given follow
             "query_max_length": 100,
             "long_passages": "truncate",
             "window_overlap": 32,

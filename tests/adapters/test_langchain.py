@@ -268,11 +268,8 @@ def test_construction_loads_nothing(own_model: str) -> None:
 
 def test_settings_read_back_resolved(model: str) -> None:
     compressor = BGERerankCompressor(model=model, dtype="fp32", max_length=256)
-    assert (compressor.dtype, compressor.max_length, compressor.query_max_length) == ("float32", 256, 192)
-    assert (
-        compressor.reranker
-        is BGERerankCompressor(model=model, dtype="float32", max_length=256, query_max_length=192).reranker
-    )
+    assert (compressor.dtype, compressor.max_length, compressor.query_max_length) == ("float32", 256, None)
+    assert compressor.reranker is BGERerankCompressor(model=model, dtype="float32", max_length=256).reranker
 
 
 def test_a_path_is_accepted_as_model(model_dir: Path) -> None:
@@ -301,7 +298,7 @@ def test_same_settings_share_one_model_loaded_once(
     settings: dict[str, Any] = {"model": model, "max_batch_tokens": 3333}  # settings no other test uses
     first = BGERerankCompressor(**settings)
     second = BGERerankCompressor(**settings, top_n=1, normalize=False)  # per-call options do not split
-    encoder = BGECrossEncoder(**settings, query_max_length=384)  # 384 is the default for max_length 512
+    encoder = BGECrossEncoder(**settings)
     other = BGERerankCompressor(model=model, max_batch_tokens=4444)
     assert first.reranker is second.reranker is encoder.reranker
     assert other.reranker is not first.reranker
@@ -322,7 +319,7 @@ def test_a_given_reranker_is_used_and_reported(model: str) -> None:
     encoder = BGECrossEncoder(reranker=reranker, normalize=False, device=None)  # None is "not given"
     assert compressor.reranker is reranker
     assert encoder.reranker is reranker
-    assert (compressor.model, compressor.max_length, compressor.query_max_length) == (model, 256, 192)
+    assert (compressor.model, compressor.max_length, compressor.query_max_length) == (model, 256, None)
     assert compressor.max_batch_tokens == 5555
     assert compressor.reranker is not BGERerankCompressor(model=model, max_length=256).reranker
 

@@ -186,7 +186,8 @@ def test_defaults_are_the_cores_and_documented(model: str) -> None:
     assert rerank.normalize is True
     assert rerank.keep_retrieval_score is False
     assert rerank.metadata_mode is MetadataMode.EMBED
-    assert (rerank.max_length, rerank.query_max_length, rerank.max_batch_tokens) == (512, 384, 16384)
+    assert (rerank.max_length, rerank.query_max_length, rerank.max_batch_tokens) == (512, None, 16384)
+    assert rerank.reranker.config.resolved_query_max_length == 384  # None: derived from max_length
     assert (rerank.device, rerank.dtype) == (None, "auto")
     assert rerank.reranker.config == Reranker(model).config
     assert BGERerank().model == "BAAI/bge-reranker-v2-m3"  # lazy: the Hub is never reached here
@@ -228,7 +229,7 @@ def test_a_ready_reranker_is_used_as_is(model: str) -> None:
     mine = Reranker(model, max_length=128)
     rerank = BGERerank(reranker=mine, top_n=2)
     assert rerank.reranker is mine
-    assert (rerank.model, rerank.max_length, rerank.query_max_length) == (model, 128, 96)
+    assert (rerank.model, rerank.max_length, rerank.query_max_length) == (model, 128, None)  # None: 96
 
 
 def test_a_reranker_and_model_settings_together_are_refused(model: str) -> None:

@@ -12,6 +12,7 @@ import copy
 import dataclasses
 import math
 import os
+import textwrap
 from collections.abc import Sequence
 from typing import Any, Literal
 
@@ -31,6 +32,7 @@ from bge_rerank_integrations.adapter_support import (
     adapter_config,
     adapter_reranker,
     check_top,
+    model_settings,
     text_with_meta,
 )
 from bge_rerank_integrations.config import DEFAULT_MODEL, BackendName, LongPassages, RerankerConfig
@@ -47,6 +49,27 @@ _PARAMETERS = tuple("api_key" if name == "api_key_env" else name for name in MOD
 
 _HF_KWARGS = ("model_kwargs", "tokenizer_kwargs", "config_kwargs")
 """sentence-transformers ranker parameters taken only empty, so its saved pipelines load unchanged."""
+
+_OWN = (
+    "token",
+    "top_k",
+    "query_prefix",
+    "query_suffix",
+    "document_prefix",
+    "document_suffix",
+    "scale_score",
+    "score_threshold",
+    "meta_fields_to_embed",
+    "embedding_separator",
+)
+"""The component's own init parameters (Haystack's ranker conventions), saved with the settings."""
+
+_SAVED = (*_PARAMETERS, *_OWN, "batch_size", *_HF_KWARGS)
+"""Every init parameter :meth:`BGERanker.to_dict` saves: all but ``reranker``."""
+
+_OWN_DOCS = ("device", "backend", "api_key_env")
+"""Core settings whose parameter differs from the core's (a ``ComponentDevice``, ``"torch"``, a
+``Secret``): documented by hand; every other core setting's ``:param`` is the declaration's doc."""
 
 
 @component
@@ -108,6 +131,10 @@ class BGERanker:
         long_passages: LongPassages | None = None,
         window_overlap: int | None = None,
         max_windows: int | None = None,
+        prompt: str | None = None,
+        cutoff_layers: int | Sequence[int] | None = None,
+        compress_ratio: int | None = None,
+        compress_layers: int | Sequence[int] | None = None,
         batch_wait_ms: float | None = None,
         revision: str | None = None,
         cache_dir: str | None = None,
@@ -129,10 +156,10 @@ class BGERanker:
         """Store the settings; nothing is loaded or contacted until :meth:`warm_up` or the first :meth:`run`.
 
         Model settings left ``None`` take the core's defaults (see
-        :class:`~bge_rerank_integrations.RerankerConfig`) and stay ``None`` when saved.
+        :class:`~bge_rerank_integrations.RerankerConfig`) and stay ``None`` when saved. The
+        descriptions of the core settings (``model``, ``max_length``, ``dtype``, ...) are generated
+        from the core's declaration and follow the component's own parameters below.
 
-        :param model: Hugging Face model id or local folder of the cross-encoder (with a remote
-            ``backend``, the model name the server is asked for).
         :param device: Device to run on, as a ``ComponentDevice`` or a string such as ``"cuda:0"``
             (saved as a ``ComponentDevice``); ``None`` lets the core pick cuda, then mps, then cpu (and
             stays ``None`` when saved, so a pipeline saved on a GPU box still loads on a CPU one).
@@ -147,31 +174,12 @@ class BGERanker:
         :param meta_fields_to_embed: Meta fields whose values are put before the content, each
             joined with ``embedding_separator``; missing and ``None`` values are skipped.
         :param embedding_separator: Separator between the meta values and the content.
-        :param max_length: Tokens of a whole query-passage pair (core default 512; the model allows 8192).
-        :param max_batch_tokens: Tokens per forward pass (core default 16384).
-        :param dtype: ``"auto"`` (default: float16 on CUDA, float32 elsewhere), ``"float32"``,
-            ``"float16"``, ``"bfloat16"`` or ``"int8"`` (CPU only: int8 linear layers).
-        :param query_max_length: Tokens kept of the query (core default ``max_length * 3 // 4``).
-        :param long_passages: ``"truncate"`` (default, the reference's rule) or ``"window"``: score
-            overlapping windows of a long passage and keep the best (one pair per window).
-        :param window_overlap: Tokens shared by consecutive windows (core default ``max_length // 8``).
-        :param max_windows: Windows per passage at most, from its start (core default 16).
-        :param batch_wait_ms: How long a batch waits for more concurrent requests (core default 0).
-        :param revision: Hub revision (branch, tag or commit) of ``model``.
-        :param cache_dir: Hub cache folder.
-        :param local_files_only: Never reach the Hub (core default ``False``).
-        :param trust_remote_code: Run model code from the Hub (core default ``False``; not needed).
         :param backend: ``"local"`` (default: torch in this process; ``"torch"``, as the
             sentence-transformers ranker saves it, means the same), or a serving engine's
             ``/rerank``: ``"tei"``, ``"vllm"``, ``"infinity"`` or ``"cohere"``.
-        :param base_url: Root URL of the serving engine (needed by every remote backend but ``"cohere"``).
         :param api_key: The serving engine's API key, as ``Secret.from_env_var(...)``: the core reads
             the first of its variables that is set when it connects, so the key itself is never
             stored, shown or saved. A ``Secret.from_token`` is refused. ``None``: no key is sent.
-        :param request_timeout: Seconds before a remote request is abandoned and retried (core default 60).
-        :param max_concurrent_requests: Remote requests in flight at once, across all calls (core default 4).
-        :param max_texts_per_request: Passages per remote request (core default: the engine's limit).
-        :param verify_tls: Verify the serving engine's TLS certificate (core default ``True``).
         :param batch_size: Taken (an int >= 1) and saved so that a sentence-transformers ranker's
             pipeline loads unchanged; it changes nothing: the core cuts batches by token count
             (``max_batch_tokens``), not by document count.
@@ -229,6 +237,10 @@ class BGERanker:
         self.long_passages = long_passages
         self.window_overlap = window_overlap
         self.max_windows = max_windows
+        self.prompt = prompt
+        self.cutoff_layers = _plain(cutoff_layers)
+        self.compress_ratio = compress_ratio
+        self.compress_layers = _plain(compress_layers)
         self.batch_wait_ms = batch_wait_ms
         self.revision = revision
         self.cache_dir = cache_dir
@@ -318,44 +330,7 @@ class BGERanker:
                 "pipeline file can hold. Build it from settings instead, e.g. "
                 f"BGERanker(model={self.model!r}, ...); rankers with equal settings still share one model."
             )
-        return default_to_dict(
-            self,
-            model=self.model,
-            device=self.device,
-            token=self.token,
-            top_k=self.top_k,
-            query_prefix=self.query_prefix,
-            query_suffix=self.query_suffix,
-            document_prefix=self.document_prefix,
-            document_suffix=self.document_suffix,
-            scale_score=self.scale_score,
-            score_threshold=self.score_threshold,
-            meta_fields_to_embed=self.meta_fields_to_embed,
-            embedding_separator=self.embedding_separator,
-            max_length=self.max_length,
-            max_batch_tokens=self.max_batch_tokens,
-            dtype=self.dtype,
-            query_max_length=self.query_max_length,
-            long_passages=self.long_passages,
-            window_overlap=self.window_overlap,
-            max_windows=self.max_windows,
-            batch_wait_ms=self.batch_wait_ms,
-            revision=self.revision,
-            cache_dir=self.cache_dir,
-            local_files_only=self.local_files_only,
-            trust_remote_code=self.trust_remote_code,
-            backend=self.backend,
-            base_url=self.base_url,
-            api_key=self.api_key,
-            request_timeout=self.request_timeout,
-            max_concurrent_requests=self.max_concurrent_requests,
-            max_texts_per_request=self.max_texts_per_request,
-            verify_tls=self.verify_tls,
-            batch_size=self.batch_size,
-            model_kwargs=self.model_kwargs,
-            tokenizer_kwargs=self.tokenizer_kwargs,
-            config_kwargs=self.config_kwargs,
-        )
+        return default_to_dict(self, **{name: getattr(self, name) for name in _SAVED})
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> BGERanker:
@@ -451,6 +426,32 @@ class BGERanker:
         )
 
 
+_PARAM_WRAP = textwrap.TextWrapper(
+    width=104,
+    initial_indent=" " * 8,
+    subsequent_indent=" " * 12,
+    break_on_hyphens=False,  # a hyphenated name (bge-reranker-v2-m3) stays whole
+    break_long_words=False,
+)
+
+
+def _with_setting_docs(doc: str | None) -> str:
+    """``doc`` with a ``:param`` line per core setting not documented by hand, from its declaration."""
+    lines = []
+    for setting in model_settings():
+        if setting.name in _OWN_DOCS:
+            continue
+        text = setting.doc
+        if setting.default is not None and setting.name != "model":
+            text += f" ``None``: the core's default, ``{setting.default!r}``."
+        lines.append(_PARAM_WRAP.fill(f":param {setting.name}: {text}") + "\n")
+    head, marker, tail = (doc or "").partition("        :param batch_size:")
+    return head + "".join(lines) + marker + tail
+
+
+BGERanker.__init__.__doc__ = _with_setting_docs(BGERanker.__init__.__doc__)
+
+
 @dataclasses.dataclass(frozen=True)
 class _Request:
     """One run's validated inputs: the scored query, the unique documents, their texts and the overrides."""
@@ -507,6 +508,14 @@ def _component_device(device: object) -> ComponentDevice | None:
     if device.has_multiple_devices:
         raise ValueError("device must be a single device: BGERanker runs on one device, got a device map")
     return device
+
+
+def _plain(value: object) -> Any:
+    """A sequence of layers as a list, so it saves as plain JSON and YAML; anything else as given
+    (the core's declaration checks it)."""
+    if isinstance(value, Sequence) and not isinstance(value, str | bytes):
+        return list(value)
+    return value
 
 
 def _check_sentence_transformers_options(backend: object, batch_size: object, *kwargs: object) -> None:
