@@ -40,12 +40,6 @@ IDS = [f"node-{i}" for i in range(len(TEXTS))]
 # ---------------------------------------------------------------- helpers and fixtures
 
 
-@pytest.fixture
-def fresh_shared(monkeypatch: pytest.MonkeyPatch) -> None:
-    """An empty process-wide reranker cache for one test, so loading can be observed from the start."""
-    monkeypatch.setattr(Reranker, "_shared", {})
-
-
 def make_nodes() -> list[NodeWithScore]:
     """Retrieved nodes with ids, metadata (one of it hidden from embedding) and retrieval scores."""
     return [
@@ -175,7 +169,7 @@ def test_is_a_node_postprocessor_named_bgererank(model: str) -> None:
     assert rerank.to_dict()["class_name"] == "BGERerank"
 
 
-def test_construction_loads_nothing(own_model: str, fresh_shared: None) -> None:
+def test_construction_loads_nothing(own_model: str) -> None:
     rerank = BGERerank(model=own_model, top_n=3)
     assert rerank.reranker.is_loaded is False
 
@@ -193,9 +187,7 @@ def test_defaults_are_the_cores_and_documented(model: str) -> None:
     assert BGERerank().model == "BAAI/bge-reranker-v2-m3"  # lazy: the Hub is never reached here
 
 
-def test_same_settings_share_one_loaded_model(
-    own_model_dir: Path, fresh_shared: None, monkeypatch: pytest.MonkeyPatch
-) -> None:
+def test_same_settings_share_one_loaded_model(own_model_dir: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     model = str(own_model_dir)  # a folder of its own: no other test loaded these weights
     loads: list[Any] = []
     real = transformers.AutoModelForSequenceClassification.from_pretrained
@@ -477,9 +469,7 @@ def test_events_wrap_the_work(model: str, event_log: EventLog) -> None:
     assert payload[EventPayload.TOP_K] == 2
 
 
-def test_empty_input_returns_empty_without_loading(
-    own_model: str, fresh_shared: None, event_log: EventLog
-) -> None:
+def test_empty_input_returns_empty_without_loading(own_model: str, event_log: EventLog) -> None:
     callbacks = CallbackLog()
     rerank = BGERerank(model=own_model, callback_manager=CallbackManager([callbacks]))
     assert rerank.postprocess_nodes([], query_str=QUERY) == []
@@ -488,9 +478,7 @@ def test_empty_input_returns_empty_without_loading(
 
 
 @pytest.mark.asyncio
-async def test_empty_input_returns_empty_without_loading_async(
-    own_model: str, fresh_shared: None, event_log: EventLog
-) -> None:
+async def test_empty_input_returns_empty_without_loading_async(own_model: str, event_log: EventLog) -> None:
     callbacks = CallbackLog()
     rerank = BGERerank(model=own_model, callback_manager=CallbackManager([callbacks]))
     assert await rerank.apostprocess_nodes([], query_str=QUERY) == []
@@ -532,7 +520,7 @@ async def test_async_matches_sync_inside_its_own_span(model: str, event_log: Eve
 
 
 @pytest.mark.asyncio
-async def test_async_does_not_block_the_event_loop(own_model: str, fresh_shared: None) -> None:
+async def test_async_does_not_block_the_event_loop(own_model: str) -> None:
     rerank = BGERerank(model=own_model)  # its first call loads the model: long enough to observe
     ticks = 0
     done = False
