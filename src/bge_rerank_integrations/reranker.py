@@ -18,12 +18,15 @@ import threading
 from collections.abc import Sequence
 from dataclasses import dataclass
 from types import TracebackType
-from typing import Any, ClassVar, Self
+from typing import TYPE_CHECKING, Any, ClassVar, Self
 
 from bge_rerank_integrations.backends.base import Backend
 from bge_rerank_integrations.config import DEFAULT_MODEL, BackendName, DType, LongPassages, RerankerConfig
 from bge_rerank_integrations.errors import RerankError
 from bge_rerank_integrations.scheduler import BatchScheduler
+
+if TYPE_CHECKING:
+    from bge_rerank_integrations.backends.remote import RemoteEngine
 
 __all__ = ["RerankResult", "Reranker", "check_top", "rank_scores", "sigmoid"]
 
@@ -129,10 +132,28 @@ class Reranker:
         )
         self._init_from_config(config)
 
-    def _init_from_config(self, config: RerankerConfig, backends: Sequence[Backend] | None = None) -> None:
+    def _init_from_config(
+        self,
+        config: RerankerConfig,
+        backends: Sequence[Backend] | None = None,
+        engine: RemoteEngine | None = None,
+    ) -> None:
         self.config = config
-        self._backends: list[Backend]
+        self._backends: list[Backend] = []
         self._given_backends = backends is not None
+        self._given_engine = engine is not None
+        if engine is None and backends is None and config.backend != "local":
+            from bge_rerank_integrations.backends.remote import RemoteEngine
+
+            engine = RemoteEngine(config)
+        # A remote engine is called directly: no queue, the serving engine batches across connections.
+        self._engine = engine
+        self._scheduler: BatchScheduler | None = None
+        self._closed = False
+        self._is_shared = False  # made by shared_from_config, which counts its holders in _holds
+        self._holds = 0
+        if engine is not None:
+            return
         if backends is not None:
             if not backends:
                 raise ValueError("backends must hold at least one backend")
@@ -141,11 +162,7 @@ class Reranker:
             from bge_rerank_integrations.backends.local import LocalBackend
 
             self._backends = [LocalBackend(config, device) for device in config.devices]
-        else:
-            from bge_rerank_integrations.backends.remote import RemoteBackend
-
-            self._backends = [RemoteBackend(config)]
-        # A remote engine gets several calls in flight side by side; it bounds the HTTP requests among them.
+        # Given backends under a remote setting get several calls in flight side by side.
         workers = (
             self._backends if config.backend == "local" else self._backends * config.max_concurrent_requests
         )
@@ -157,9 +174,6 @@ class Reranker:
             max_wait=config.batch_wait_ms / 1000,
             max_pairs=[functools.partial(_pass_pairs, backend) for backend in workers],
         )
-        self._closed = False
-        self._is_shared = False  # made by shared_from_config, which counts its holders in _holds
-        self._holds = 0
 
     @property
     def _backend(self) -> Backend:
@@ -167,7 +181,12 @@ class Reranker:
         return self._backends[0]
 
     @classmethod
-    def from_config(cls, config: RerankerConfig, backends: Sequence[Backend] | None = None) -> Reranker:
+    def from_config(
+        cls,
+        config: RerankerConfig,
+        backends: Sequence[Backend] | None = None,
+        engine: RemoteEngine | None = None,
+    ) -> Reranker:
         """A new (unshared) reranker with these settings.
 
         Args:
@@ -178,9 +197,13 @@ class Reranker:
                 ``batch_wait_ms``, and with a remote ``backend`` setting, the calls in flight per
                 backend). The reranker owns them: :meth:`close` closes them, and a copy of the
                 reranker copies them.
+            engine: a ready remote engine (:class:`~.backends.remote.RemoteEngine`, say with an httpx
+                ``transport=``) to call instead of the one ``config`` describes; owned the same way.
         """
+        if backends is not None and engine is not None:
+            raise ValueError("give backends or engine, not both")
         self = cls.__new__(cls)
-        self._init_from_config(config, backends)
+        self._init_from_config(config, backends, engine)
         return self
 
     @classmethod
@@ -212,6 +235,8 @@ class Reranker:
 
     def __reduce__(self) -> tuple[Any, ...]:
         """Copy and pickle the settings, never the model or threads (see the class docstring)."""
+        if self._given_engine:
+            return (type(self).from_config, (self.config, None, self._engine))
         if self._given_backends:
             return (type(self).from_config, (self.config, self._backends))
         if self._is_shared:
@@ -225,23 +250,36 @@ class Reranker:
         as a closed ``httpx`` client does (make a new reranker to score again). On a shared instance
         (see :meth:`shared`) this gives back one hold: it closes when the last one is given back.
         """
-        with Reranker._shared_lock:
-            if self._closed:
-                return
-            if self._is_shared:
-                self._holds -= 1
-                if self._holds > 0:
-                    return
-                if Reranker._shared.get(self.config) is self:
-                    del Reranker._shared[self.config]
-            self._closed = True
+        if not self._release():
+            return
+        if self._engine is not None:
+            self._engine.close()
+            return
+        assert self._scheduler is not None
         self._scheduler.close()
         for backend in self._backends:
             backend.close()
 
+    def _release(self) -> bool:
+        """Give back one hold; ``True`` if this reranker is now closed and must release what it holds."""
+        with Reranker._shared_lock:
+            if self._closed:
+                return False
+            if self._is_shared:
+                self._holds -= 1
+                if self._holds > 0:
+                    return False
+                if Reranker._shared.get(self.config) is self:
+                    del Reranker._shared[self.config]
+            self._closed = True
+            return True
+
     async def aclose(self) -> None:
         """:meth:`close` without blocking the event loop (it waits for the queued calls)."""
-        await asyncio.to_thread(self.close)
+        if self._engine is None:
+            await asyncio.to_thread(self.close)
+        elif self._release():
+            await self._engine.aclose()
 
     def __enter__(self) -> Self:
         return self
@@ -271,6 +309,8 @@ class Reranker:
     @property
     def is_loaded(self) -> bool:
         """Whether the model is in memory."""
+        if self._engine is not None:
+            return self._engine.is_loaded
         return all(backend.is_loaded for backend in self._backends)
 
     def load(self) -> Reranker:
@@ -281,6 +321,8 @@ class Reranker:
             RerankError: the reranker is closed.
         """
         self._check_open()
+        if self._engine is not None:
+            self._engine.load()
         for backend in self._backends:
             backend.load()
         return self
@@ -349,6 +391,9 @@ class Reranker:
         self._check_open()
         if not pairs:
             return []
+        if self._engine is not None:
+            return self._finish(self._engine.score(pairs, None), normalize)
+        assert self._scheduler is not None
         future = self._scheduler.submit(pairs)
         try:
             logits = future.result()
@@ -361,6 +406,9 @@ class Reranker:
         self._check_open()
         if not pairs:
             return []
+        if self._engine is not None:
+            return self._finish(await self._engine.ascore(pairs, None), normalize)
+        assert self._scheduler is not None
         # Cancelling the awaiting task cancels the request if its batch has not started yet.
         return self._finish(await asyncio.wrap_future(self._scheduler.submit(pairs)), normalize)
 
