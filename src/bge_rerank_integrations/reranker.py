@@ -18,15 +18,12 @@ import threading
 from collections.abc import Sequence
 from dataclasses import dataclass
 from types import TracebackType
-from typing import TYPE_CHECKING, Any, ClassVar, Self
+from typing import Any, ClassVar, Self
 
-from bge_rerank_integrations.backends.base import Backend
+from bge_rerank_integrations.backends.base import Backend, Engine
 from bge_rerank_integrations.config import DEFAULT_MODEL, BackendName, DType, LongPassages, RerankerConfig
 from bge_rerank_integrations.errors import RerankError
 from bge_rerank_integrations.scheduler import BatchScheduler
-
-if TYPE_CHECKING:
-    from bge_rerank_integrations.backends.remote import RemoteEngine
 
 __all__ = ["RerankResult", "Reranker", "check_top", "rank_scores", "sigmoid"]
 
@@ -136,7 +133,7 @@ class Reranker:
         self,
         config: RerankerConfig,
         backends: Sequence[Backend] | None = None,
-        engine: RemoteEngine | None = None,
+        engine: Engine | None = None,
     ) -> None:
         self.config = config
         self._backends: list[Backend] = []
@@ -145,7 +142,7 @@ class Reranker:
         if engine is None and backends is None and config.backend != "local":
             from bge_rerank_integrations.backends.remote import RemoteEngine
 
-            engine = RemoteEngine(config)
+            engine = RemoteEngine(config)  # not through the queue: the serving engine batches itself
         # A remote engine is called directly: no queue, the serving engine batches across connections.
         self._engine = engine
         self._scheduler: BatchScheduler | None = None
@@ -185,7 +182,7 @@ class Reranker:
         cls,
         config: RerankerConfig,
         backends: Sequence[Backend] | None = None,
-        engine: RemoteEngine | None = None,
+        engine: Engine | None = None,
     ) -> Reranker:
         """A new (unshared) reranker with these settings.
 
@@ -197,8 +194,9 @@ class Reranker:
                 ``batch_wait_ms``, and with a remote ``backend`` setting, the calls in flight per
                 backend). The reranker owns them: :meth:`close` closes them, and a copy of the
                 reranker copies them.
-            engine: a ready remote engine (:class:`~.backends.remote.RemoteEngine`, say with an httpx
-                ``transport=``) to call instead of the one ``config`` describes; owned the same way.
+            engine: a ready engine (see :class:`~.backends.base.Engine`; say a
+                :class:`~.backends.remote.RemoteEngine` with an httpx ``transport=``) to call instead of
+                the one ``config`` describes, directly (no queue); owned the same way.
         """
         if backends is not None and engine is not None:
             raise ValueError("give backends or engine, not both")
@@ -392,7 +390,7 @@ class Reranker:
         if not pairs:
             return []
         if self._engine is not None:
-            return self._finish(self._engine.score(pairs, None), normalize)
+            return self._finish(self._engine.score(pairs, self.config.scoring), normalize)
         assert self._scheduler is not None
         future = self._scheduler.submit(pairs)
         try:
@@ -407,7 +405,7 @@ class Reranker:
         if not pairs:
             return []
         if self._engine is not None:
-            return self._finish(await self._engine.ascore(pairs, None), normalize)
+            return self._finish(await self._engine.ascore(pairs, self.config.scoring), normalize)
         assert self._scheduler is not None
         # Cancelling the awaiting task cancels the request if its batch has not started yet.
         return self._finish(await asyncio.wrap_future(self._scheduler.submit(pairs)), normalize)

@@ -14,7 +14,6 @@ import threading
 import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
-from types import SimpleNamespace
 from typing import Any
 
 import httpx
@@ -22,6 +21,7 @@ import pytest
 
 from bge_rerank_integrations import RemoteBackendError, Reranker, RerankerConfig, RerankError
 from bge_rerank_integrations.backends.remote import RemoteEngine, RetryPolicy
+from bge_rerank_integrations.config import ScoringOptions
 from tests.core.loopback import tei_logit, tei_server
 
 BASE_URL = "http://127.0.0.1:9"  # never contacted: the mock transports answer
@@ -351,31 +351,34 @@ def test_a_copy_of_a_reranker_on_a_given_engine_has_an_engine_of_its_own() -> No
 
 
 @pytest.mark.parametrize(
-    ("options", "message"),
+    ("override", "message"),
     [
-        (SimpleNamespace(long_passages="window"), "long_passages='window' needs a local backend"),
-        (SimpleNamespace(long_passages="truncate", prompt="Is it relevant?"), "prompt='Is it relevant"),
-        (SimpleNamespace(cutoff_layers=[28]), r"cutoff_layers=\[28\] is an option of local LLM"),
-        (SimpleNamespace(compress_ratio=2), "compress_ratio=2"),
-        (SimpleNamespace(compress_layers=[24, 40]), "compress_layers"),
+        ({"long_passages": "window"}, "long_passages='window' needs backend='local'"),
+        ({"prompt": "Is it relevant?"}, "prompt: a serving engine's /rerank takes no such option"),
+        ({"cutoff_layers": (28,)}, "cutoff_layers: a serving engine"),
+        ({"compress_ratio": 2}, "compress_ratio: a serving engine"),
+        ({"compress_layers": (24, 40), "prompt": "p"}, "compress_layers, prompt: a serving engine"),
     ],
 )
-def test_options_a_serving_engine_cannot_honour_are_refused(options: object, message: str) -> None:
+def test_options_a_serving_engine_cannot_honour_are_refused(override: dict[str, Any], message: str) -> None:
     sent: list[httpx.Request] = []
 
     def handler(request: httpx.Request) -> httpx.Response:
         sent.append(request)
         return tei_reply(request)
 
-    engine = RemoteEngine(tei_config(), transport=httpx.MockTransport(handler))
+    transport = httpx.MockTransport(handler)
+    engine = RemoteEngine(tei_config(), transport=transport, async_transport=transport)
+    options = ScoringOptions().replace(**override)
     with pytest.raises(ValueError, match=message):
         engine.score([("q", "a")], options)
     with pytest.raises(ValueError, match=message):
         asyncio.run(engine.ascore([("q", "a")], options))
     assert not sent
     # Options it can honour (the engine truncates itself) are accepted.
-    accepted = SimpleNamespace(long_passages="truncate", max_length=1024, prompt=None, cutoff_layers=None)
+    accepted = ScoringOptions(max_length=1024, query_max_length=100, max_batch_tokens=1000)
     assert engine.score([("q", "a")], accepted) == expected("q", ["a"])
+    assert asyncio.run(engine.ascore([("q", "a")], accepted)) == expected("q", ["a"])
     engine.close()
 
 

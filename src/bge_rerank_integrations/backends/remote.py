@@ -44,7 +44,7 @@ from typing import Any, ClassVar, TypeVar
 
 import httpx
 
-from bge_rerank_integrations.config import RerankerConfig
+from bge_rerank_integrations.config import RerankerConfig, ScoringOptions, _check_remote_scoring
 from bge_rerank_integrations.errors import RemoteBackendError, RerankError
 
 __all__ = [
@@ -511,9 +511,6 @@ class _RetryIn:
     delay: float
 
 
-_LLM_OPTIONS = ("prompt", "cutoff_layers", "compress_ratio", "compress_layers")
-
-
 class RemoteEngine:
     """Scores pairs with a serving engine's ``/rerank`` and returns raw logits, like the local backend.
 
@@ -654,33 +651,24 @@ class RemoteEngine:
     def _closed_error(self) -> RerankError:
         return self._resources.closed_error()
 
-    def check_options(self, options: object | None) -> None:
-        """Refuse scoring options a serving engine cannot honour.
+    def check_options(self, options: ScoringOptions | None) -> None:
+        """Refuse scoring options a serving engine cannot honour (the same check as the settings').
+
+        ``max_length`` and ``query_max_length`` are accepted and not sent: the engine truncates itself.
 
         Raises:
             ValueError: ``long_passages="window"``, or an option of LLM rerankers (``prompt``,
                 ``cutoff_layers``, ``compress_ratio``, ``compress_layers``) that is not ``None``.
         """
-        if options is None:
-            return
-        engine = self._dialect.engine
-        if getattr(options, "long_passages", "truncate") == "window":
-            raise ValueError(
-                f"long_passages='window' needs a local backend; backend={engine!r} truncates long "
-                "passages itself: use long_passages='truncate'"
-            )
-        for name in _LLM_OPTIONS:
-            value = getattr(options, name, None)
-            if value is not None:
-                raise ValueError(
-                    f"{name}={value!r} is an option of local LLM rerankers; backend={engine!r} does not "
-                    f"take it: leave {name}=None"
-                )
+        if options is not None:
+            _check_remote_scoring(options)
 
     # --- sync -----------------------------------------------------------------------------------
 
-    def score(self, pairs: Sequence[tuple[str, str]], options: object | None = None) -> list[float]:
+    def score(self, pairs: Sequence[tuple[str, str]], options: ScoringOptions | None = None) -> list[float]:
         """Raw logits of ``pairs`` in input order: one request per query and chunk of passages.
+
+        ``options`` (``None``: the defaults) are checked, not sent: see :meth:`check_options`.
 
         Raises:
             ValueError: ``options`` the engine cannot honour (see :meth:`check_options`).
@@ -746,7 +734,9 @@ class RemoteEngine:
 
     # --- async ----------------------------------------------------------------------------------
 
-    async def ascore(self, pairs: Sequence[tuple[str, str]], options: object | None = None) -> list[float]:
+    async def ascore(
+        self, pairs: Sequence[tuple[str, str]], options: ScoringOptions | None = None
+    ) -> list[float]:
         """:meth:`score` as a coroutine: the requests run as tasks on the engine's event loop.
 
         Cancelling the awaiting task cancels its requests.
