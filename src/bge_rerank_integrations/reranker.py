@@ -244,7 +244,8 @@ class Reranker:
     def close(self) -> None:
         """End the worker threads, close the HTTP connections and drop the weights; idempotent.
 
-        Calls already queued are served first; a call after ``close()`` raises :class:`RerankError`,
+        Calls already queued are served first (a remote engine's calls in flight end with a
+        :class:`RerankError`); a call after ``close()`` raises :class:`RerankError`,
         as a closed ``httpx`` client does (make a new reranker to score again). On a shared instance
         (see :meth:`shared`) this gives back one hold: it closes when the last one is given back.
         """

@@ -10,6 +10,8 @@ import copy
 import gc
 import json
 import re
+import subprocess
+import sys
 import threading
 import time
 from collections.abc import Callable
@@ -407,3 +409,45 @@ def test_async_retries_wait_on_the_event_loop_and_honour_retry_after() -> None:
     assert sleeps[0] == 7.0
     assert 0.5 <= sleeps[1] <= 1.0
     engine.close()
+
+
+_EXIT_SCRIPT = """
+import asyncio, socket, threading
+from bge_rerank_integrations import Reranker
+
+server = socket.socket()
+server.bind(("127.0.0.1", 0))
+server.listen(64)
+accepted = threading.Semaphore(0)
+held = []
+def accept():
+    while True:
+        held.append(server.accept()[0])
+        accepted.release()
+threading.Thread(target=accept, daemon=True).start()
+url = f"http://127.0.0.1:{server.getsockname()[1]}"
+rr = Reranker(
+    backend="tei", base_url=url, max_texts_per_request=1, max_concurrent_requests=16, request_timeout=600
+)
+
+async def forever():
+    await asyncio.gather(*(rr.ascore(f"q{n}", ["a", "b"]) for n in range(4)))
+threading.Thread(target=asyncio.run, args=(forever(),), daemon=True).start()
+threading.Thread(target=rr.score, args=("sync", ["a", "b"]), daemon=True).start()
+for _ in range(10):  # every request in flight: 8 async, 2 sync
+    accepted.acquire()
+print("main thread done", flush=True)
+"""
+
+
+@pytest.mark.slow
+def test_the_interpreter_exits_with_async_and_sync_calls_in_flight() -> None:
+    # A thread of the engine that kept the interpreter waiting would hold it for request_timeout=600 s.
+    try:
+        done = subprocess.run(
+            [sys.executable, "-c", _EXIT_SCRIPT], capture_output=True, text=True, timeout=120
+        )
+    except subprocess.TimeoutExpired as exc:
+        pytest.fail(f"the interpreter did not exit: a thread kept it waiting\n{exc.stderr!r:.3000}")
+    assert "main thread done" in done.stdout, done.stderr[-3000:]
+    assert done.returncode == 0, done.stderr[-3000:]
