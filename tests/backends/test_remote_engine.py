@@ -29,15 +29,15 @@ from tests.core.loopback import tei_logit, tei_server
 BASE_URL = "http://127.0.0.1:9"  # never contacted: the mock transports answer
 
 
-def engine_threads() -> list[threading.Thread]:
-    return [t for t in threading.enumerate() if t.name.startswith("bge-rerank-remote")]
+def engine_threads() -> set[threading.Thread]:
+    return {t for t in threading.enumerate() if t.name.startswith("bge-rerank-remote")}
 
 
-def no_engine_threads_left() -> bool:
-    """Whether every engine thread has ended (waiting a little for those told to end)."""
-    for thread in engine_threads():
+def ended(threads: set[threading.Thread]) -> bool:
+    """Whether every one of ``threads`` has ended (waiting a little for those told to end)."""
+    for thread in threads:
         thread.join(10)
-    return not engine_threads()
+    return not any(t.is_alive() for t in threads)
 
 
 def tei_reply(request: httpx.Request) -> httpx.Response:
@@ -122,6 +122,7 @@ def test_many_concurrent_async_calls_are_in_flight_at_once_on_one_thread() -> No
     engine = RemoteEngine(config, async_transport=httpx.MockTransport(handler))
     rr = Reranker.from_config(config, engine=engine)
     before = threading.active_count()
+    others = engine_threads()  # of other tests' engines, not yet collected
 
     async def main() -> list[list[float]]:
         return await asyncio.gather(*(rr.ascore(f"query {n}", ["a", "bb"]) for n in range(calls)))
@@ -130,8 +131,9 @@ def test_many_concurrent_async_calls_are_in_flight_at_once_on_one_thread() -> No
     assert len(arrived) == calls
     assert len(set(arrived)) == 1  # every request sent from one thread: the engine's event loop
     assert threads_at_peak == [before + 1]  # that thread is the only one the calls added
+    (loop_thread,) = engine_threads() - others
     rr.close()
-    assert no_engine_threads_left()
+    assert ended({loop_thread})
 
 
 def test_requests_in_flight_stay_bounded_across_sync_and_async_callers() -> None:
@@ -205,14 +207,13 @@ def test_a_closed_engine_refuses_every_call_and_ends_its_threads() -> None:
     config = tei_config(max_texts_per_request=1)
     transport = httpx.MockTransport(tei_reply)
     engine = RemoteEngine(config, transport=transport, async_transport=transport)
+    others = engine_threads()
     assert engine.score([("q", "a"), ("q", "bb")]) == expected("q", ["a", "bb"])  # worker threads
     assert asyncio.run(engine.ascore([("q", "a")])) == expected("q", ["a"])  # the event-loop thread
-    started = engine_threads()
-    assert started
+    started = engine_threads() - others
+    assert {t.name.rsplit("-", 1)[1] for t in started} == {"0", "1", "loop"}
     engine.close()
-    for thread in started:
-        thread.join(10)
-    assert not any(t.is_alive() for t in started)
+    assert ended(started)
     assert engine.is_closed
     assert not engine.is_loaded
     with pytest.raises(
@@ -225,21 +226,26 @@ def test_a_closed_engine_refuses_every_call_and_ends_its_threads() -> None:
         engine.load()
     engine.close()  # idempotent
     asyncio.run(engine.aclose())
-    assert no_engine_threads_left()
+    assert engine_threads() - others == set()  # nothing was started again
 
 
 def test_aclose_closes_the_async_client_from_an_event_loop() -> None:
+    others = engine_threads()
+    started: set[threading.Thread] = set()
     with tei_server() as server:
         config = tei_config(base_url=server.url)
 
         async def main() -> list[float]:
             engine = RemoteEngine(config)
             async with Reranker.from_config(config, engine=engine) as rr:
-                return await rr.ascore("q", ["a"])
+                scores = await rr.ascore("q", ["a"])
+                started.update(engine_threads() - others)
+                return scores
 
         assert asyncio.run(main()) == expected("q", ["a"])
         assert server.wait_open(0)
-    assert no_engine_threads_left()
+    assert len(started) == 1  # the event-loop thread
+    assert ended(started)
 
 
 def test_close_ends_calls_in_flight_with_a_closed_error() -> None:
@@ -330,11 +336,12 @@ def test_a_failed_async_request_cancels_the_others_of_its_call() -> None:
 
 
 def test_a_dropped_engine_closes_its_async_connections_and_ends_its_loop() -> None:
+    others = engine_threads()
     with tei_server() as server:
         engine = RemoteEngine(tei_config(base_url=server.url))
         assert asyncio.run(engine.ascore([("q", "a")])) == expected("q", ["a"])
         assert server.wait_open(1)
-        (loop_thread,) = [t for t in engine_threads() if t.name.endswith("-loop")]
+        (loop_thread,) = engine_threads() - others
         del engine
         gc.collect()
         assert server.wait_open(0)
