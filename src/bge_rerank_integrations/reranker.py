@@ -10,7 +10,6 @@ ends its threads and drops its weights and connections; a reranker nobody refere
 
 from __future__ import annotations
 
-import asyncio
 import dataclasses
 import math
 import os
@@ -238,20 +237,34 @@ class Reranker:
     def close(self) -> None:
         """End the worker threads, close the HTTP connections and drop the weights; idempotent.
 
-        Calls already queued are served first; a call after ``close()`` raises :class:`RerankError`,
-        as a closed ``httpx`` client does (make a new reranker to score again). On a shared instance
-        (see :meth:`shared`) this gives back one hold: it closes when the last one is given back, and
-        its engine once no other shared instance uses it.
+        Calls already queued are served first (a remote engine's calls in flight end with a
+        :class:`RerankError`); a call after ``close()`` raises :class:`RerankError`, as a closed
+        ``httpx`` client does (make a new reranker to score again). On a shared instance (see
+        :meth:`shared`) this gives back one hold: it closes when the last one is given back, and its
+        engine once no other shared instance uses it.
         """
+        engine = self._release()
+        if engine is not None:
+            engine.close()
+
+    async def aclose(self) -> None:
+        """:meth:`close` without blocking the event loop (a local queue's calls are waited for on a
+        thread; a remote engine closes its clients natively)."""
+        engine = self._release()
+        if engine is not None:
+            await engine.aclose()
+
+    def _release(self) -> Engine | None:
+        """Mark this reranker closed (a shared one: give back one hold); the engine to close, if any."""
         engine: Engine | None = self._engine
         with Reranker._shared_lock:
             if self._closed:
-                return
+                return None
             key = self._shared_key
             if key is not None:
                 self._holds -= 1
                 if self._holds > 0:
-                    return
+                    return None
                 if Reranker._shared.get(self.config) is self:
                     del Reranker._shared[self.config]
                 hold = Reranker._engines.get(key)
@@ -262,12 +275,7 @@ class Reranker:
                         del Reranker._engines[key]
                         engine = hold.engine
             self._closed = True
-        if engine is not None:
-            engine.close()
-
-    async def aclose(self) -> None:
-        """:meth:`close` without blocking the event loop (it waits for the queued calls)."""
-        await asyncio.to_thread(self.close)
+        return engine
 
     def __enter__(self) -> Self:
         return self
@@ -490,13 +498,10 @@ def _make_engine(config: RerankerConfig, backends: Sequence[Backend] | None = No
 
 
 def _remote_engine(config: RerankerConfig) -> Engine:
-    """The serving engine of ``config``: today's remote backend behind the queue, with
-    ``max_concurrent_requests`` calls in flight side by side (its requests bounded among them)."""
-    from bge_rerank_integrations.backends import remote
+    """The serving engine of ``config``, called directly: it batches across its own connections."""
+    from bge_rerank_integrations.backends.remote import RemoteEngine
 
-    backend = _WithoutOptions(remote.RemoteBackend(config))
-    workers = [backend] * config.max_concurrent_requests
-    return QueuedEngine(workers, batch_wait_ms=config.batch_wait_ms, dtype=config.dtype)
+    return RemoteEngine(config)
 
 
 def _rebuild(
@@ -504,30 +509,6 @@ def _rebuild(
 ) -> Reranker:
     """A copy of a reranker built on given backends or a given engine (see ``Reranker.__reduce__``)."""
     return cls.from_config(config, backends, engine=engine)
-
-
-class _WithoutOptions:
-    """Today's remote backend behind the queue: the engine truncates by itself, so options are not sent."""
-
-    def __init__(self, inner: Any) -> None:
-        self.inner = inner
-
-    @property
-    def is_loaded(self) -> bool:
-        return bool(self.inner.is_loaded)
-
-    @property
-    def pass_tokens(self) -> int:
-        return int(self.inner.pass_tokens)
-
-    def load(self) -> None:
-        self.inner.load()
-
-    def close(self) -> None:
-        self.inner.close()
-
-    def score_pairs(self, pairs: Sequence[tuple[str, str]], options: ScoringOptions) -> list[float]:
-        return list(self.inner.score_pairs(pairs))
 
 
 def rank_scores(scores: Sequence[float], top_n: int | None = None) -> list[RerankResult]:

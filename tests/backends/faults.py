@@ -19,7 +19,7 @@ from dataclasses import dataclass
 import pytest
 
 from bge_rerank_integrations import RemoteBackendError, Reranker
-from bge_rerank_integrations.backends.remote import RemoteBackend
+from bge_rerank_integrations.backends.remote import RetryPolicy
 
 SLACK_S = 5.0
 """Added to every time bound: thread scheduling on a loaded 2-core CI machine, not the backend."""
@@ -39,19 +39,17 @@ class Call:
     error: BaseException | None
 
 
-def call_budget(reranker: Reranker) -> float:
-    """Seconds a failing call may take at most, from its backend's settings, plus :data:`SLACK_S`.
+def call_budget(request_timeout: float, retry: RetryPolicy | None = None) -> float:
+    """Seconds a failing call may take at most, with this timeout and retry policy (default: the
+    engine's default), plus :data:`SLACK_S`.
 
     Each attempt connects, sends and reads the reply, each step bounded by ``request_timeout`` (the
     reply in all, not per read); between attempts the backoff waits at most its cap. The requests of
     one call run side by side, so the bound of one request is the bound of the call, provided no
     request waits for a slot (the tests give ``max_concurrent_requests`` enough for every request).
     """
-    backend = reranker._backend
-    assert isinstance(backend, RemoteBackend)
-    retry, timeout = backend._retry, reranker.config.request_timeout
-    backoff = sum(min(retry.max_delay, retry.base_delay * 2.0 ** (a - 1)) for a in range(1, retry.attempts))
-    return retry.attempts * 3 * timeout + backoff + SLACK_S
+    retry = retry or RetryPolicy()
+    return retry.attempts * 3 * request_timeout + retry.longest_wait() + SLACK_S
 
 
 def assert_distinguishable(expected: Sequence[list[float]], tolerance: float) -> None:

@@ -10,7 +10,6 @@ every call is known exactly.
 
 from __future__ import annotations
 
-import functools
 import json
 import random
 import socket
@@ -24,12 +23,14 @@ from typing import Any
 
 import pytest
 
-from bge_rerank_integrations import RemoteBackendError, Reranker
-from bge_rerank_integrations.backends import remote
-from bge_rerank_integrations.backends.remote import RemoteBackend, _RetryPolicy
+from bge_rerank_integrations import RemoteBackendError, Reranker, RerankerConfig
+from bge_rerank_integrations.backends.remote import RemoteEngine, RetryPolicy
 from tests.backends.faults import Callers, Request, assert_distinguishable, call_budget, check, summary
 
 REQUEST_TIMEOUT = 0.5
+# Back off for at most 0.2 s between attempts (default: 0.5 s doubling), so a call that fails for good
+# does so in about a second; retries and timeouts are unchanged.
+FAST_RETRIES = RetryPolicy(base_delay=0.05, max_delay=0.2)
 CALLERS = 50
 TEXTS_PER_REQUEST = 4  # calls of 5 to 8 passages become two requests, sent side by side
 
@@ -181,24 +182,18 @@ def server() -> Iterator[BrokenServer]:
             thread.join(10.0)
 
 
-@pytest.fixture
-def fast_retries(monkeypatch: pytest.MonkeyPatch) -> None:
-    """Rerankers built afterwards back off for at most 0.2 s between attempts (default: 0.5 s doubling),
-    so a call that fails for good does so in about a second; retries and timeouts are unchanged."""
-    factory = functools.partial(RemoteBackend, _retry=_RetryPolicy(base_delay=0.05, max_delay=0.2))
-    monkeypatch.setattr(remote, "RemoteBackend", factory)
-
-
 def make_reranker(server: BrokenServer, callers: int) -> Reranker:
-    """A reranker on the server with a slot for every request of every caller (so none queues)."""
-    return Reranker(
-        "fake-model",
+    """A reranker on the server with a slot for every request of every caller (so none queues), and
+    :data:`FAST_RETRIES`."""
+    config = RerankerConfig(
+        model="fake-model",
         backend="infinity",
         base_url=server.url,
         request_timeout=REQUEST_TIMEOUT,
         max_texts_per_request=TEXTS_PER_REQUEST,
         max_concurrent_requests=2 * callers,
     )
+    return Reranker.from_config(config, engine=RemoteEngine(config, retry=FAST_RETRIES))
 
 
 def make_requests(count: int, seed: int = 0) -> tuple[list[Request], list[list[float]]]:
@@ -213,7 +208,6 @@ def make_requests(count: int, seed: int = 0) -> tuple[list[Request], list[list[f
     return requests, expected
 
 
-@pytest.mark.usefixtures("fast_retries")
 @pytest.mark.parametrize("fault", FAULTS.values(), ids=FAULTS.keys())
 def test_a_server_that_always_breaks_its_reply_fails_each_call_in_bounded_time(
     server: BrokenServer, fault: Fault
@@ -221,7 +215,7 @@ def test_a_server_that_always_breaks_its_reply_fails_each_call_in_bounded_time(
     server.fault_for = lambda n: fault
     reranker = make_reranker(server, callers=8)
     requests, _ = make_requests(8)
-    budget = call_budget(reranker)
+    budget = call_budget(REQUEST_TIMEOUT, FAST_RETRIES)
     callers = Callers(reranker, requests, threads=4, tasks=4)
     time.sleep(0.2)  # let every caller start a call
     calls = callers.stop(within=budget)
@@ -232,7 +226,6 @@ def test_a_server_that_always_breaks_its_reply_fails_each_call_in_bounded_time(
         assert call.end - call.start <= budget, f"{call.caller} failed after {call.end - call.start:.1f} s"
 
 
-@pytest.mark.usefixtures("fast_retries")
 @pytest.mark.parametrize("fault", FAULTS.values(), ids=FAULTS.keys())
 def test_a_server_that_recovers_gives_every_call_its_exact_scores(server: BrokenServer, fault: Fault) -> None:
     # The first two requests are broken, then the server answers right: the third attempt succeeds.
@@ -244,7 +237,6 @@ def test_a_server_that_recovers_gives_every_call_its_exact_scores(server: Broken
     assert server.faults == 2
 
 
-@pytest.mark.usefixtures("fast_retries")
 def test_fifty_threads_and_fifty_tasks_against_random_broken_replies(server: BrokenServer) -> None:
     # A quarter of all replies break, each in a random way: most calls succeed after a retry, a few
     # fail for good; none returns another call's scores, none hangs.
@@ -259,7 +251,7 @@ def test_fifty_threads_and_fifty_tasks_against_random_broken_replies(server: Bro
     server.fault_for = fault_for
     reranker = make_reranker(server, callers=2 * CALLERS)
     requests, expected = make_requests(97)
-    budget = call_budget(reranker)
+    budget = call_budget(REQUEST_TIMEOUT, FAST_RETRIES)
     callers = Callers(reranker, requests, threads=CALLERS, tasks=CALLERS)
     time.sleep(3.0)
     calls = callers.stop(within=budget)

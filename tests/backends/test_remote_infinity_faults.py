@@ -108,7 +108,7 @@ def test_a_crash_and_restart_on_the_same_port_under_load(
     server: InfinityServer, loaded: tuple[Reranker, list[Request], list[list[float]]]
 ) -> None:
     reranker, requests, expected = loaded
-    budget = call_budget(reranker)
+    budget = call_budget(reranker.config.request_timeout)
     callers = Callers(reranker, requests, threads=CALLERS, tasks=CALLERS)
     time.sleep(HEALTHY_S)
     crashed = time.monotonic()
@@ -137,7 +137,7 @@ def test_a_freeze_past_the_request_timeout_then_a_thaw_under_load(
     server: InfinityServer, loaded: tuple[Reranker, list[Request], list[list[float]]]
 ) -> None:
     reranker, requests, expected = loaded
-    budget = call_budget(reranker)
+    budget = call_budget(reranker.config.request_timeout)
     callers = Callers(reranker, requests, threads=CALLERS, tasks=CALLERS)
     time.sleep(HEALTHY_S)
     frozen = time.monotonic()
@@ -166,7 +166,7 @@ def test_calls_that_cannot_outlast_a_freeze_fail_within_their_bound(
     # 6 s freeze, so every call made during it must fail, by timeouts, within its bound.
     patient, requests, expected = loaded
     reranker = make_reranker(server, model_dir, IMPATIENT_TIMEOUT, CALLERS)
-    budget = call_budget(reranker)
+    budget = call_budget(reranker.config.request_timeout)
     callers = Callers(reranker, requests, threads=CALLERS // 2, tasks=CALLERS // 2)
     time.sleep(HEALTHY_S)
     frozen = time.monotonic()

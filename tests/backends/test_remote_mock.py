@@ -8,7 +8,6 @@ do on demand (429, 413, timeouts, malformed replies).
 from __future__ import annotations
 
 import email.utils
-import functools
 import json
 import logging
 import random
@@ -24,8 +23,7 @@ import httpx
 import pytest
 
 from bge_rerank_integrations import RemoteBackendError, Reranker, RerankerConfig
-from bge_rerank_integrations.backends import remote
-from bge_rerank_integrations.backends.remote import RemoteBackend, _RetryPolicy
+from bge_rerank_integrations.backends.remote import RemoteEngine, RetryPolicy
 from bge_rerank_integrations.config import BackendName
 from bge_rerank_integrations.reranker import sigmoid
 
@@ -106,31 +104,32 @@ class FakeEngine:
         return [len(b["texts"] if self.engine == "tei" else b["documents"]) for b in self.bodies]
 
 
-def make_backend(
+def make_engine(
     engine: BackendName,
     fake: Callable[[httpx.Request], httpx.Response],
     *,
     sleeps: list[float] | None = None,
     **settings: Any,
-) -> RemoteBackend:
-    """A RemoteBackend whose requests go to ``fake``; retry waits are recorded in ``sleeps``, not slept."""
+) -> RemoteEngine:
+    """A RemoteEngine whose sync and async requests go to ``fake``; retry waits are recorded in
+    ``sleeps``, not slept."""
     settings.setdefault("base_url", BASE_URL)
     config = RerankerConfig(model="test-model", backend=engine, **settings)
     record = sleeps.append if sleeps is not None else (lambda _: None)
-    return RemoteBackend(config, _transport=httpx.MockTransport(fake), _retry=_RetryPolicy(sleep=record))
+    transport = httpx.MockTransport(fake)  # a sync and an async transport at once
+    return RemoteEngine(
+        config, transport=transport, async_transport=transport, retry=RetryPolicy(sleep=record)
+    )
 
 
-@pytest.fixture
-def with_transport(
-    monkeypatch: pytest.MonkeyPatch,
-) -> Callable[[Callable[[httpx.Request], httpx.Response]], None]:
-    """Make every ``Reranker(backend=...)`` built afterwards talk to the given fake engine."""
-
-    def install(fake: Callable[[httpx.Request], httpx.Response]) -> None:
-        factory = functools.partial(RemoteBackend, _transport=httpx.MockTransport(fake))
-        monkeypatch.setattr(remote, "RemoteBackend", factory)
-
-    return install
+def reranker_on(
+    fake: Callable[[httpx.Request], httpx.Response], model: str = "any", **settings: Any
+) -> Reranker:
+    """A Reranker whose remote engine talks to ``fake`` through the public transport seams."""
+    config = RerankerConfig(model=model, **settings)
+    transport = httpx.MockTransport(fake)
+    engine = RemoteEngine(config, transport=transport, async_transport=transport)
+    return Reranker.from_config(config, engine=engine)
 
 
 TEXTS = [f"passage number {i} about pandas" for i in range(20)]
@@ -161,7 +160,7 @@ TEXTS = [f"passage number {i} about pandas" for i in range(20)]
 )
 def test_request_shape(engine: BackendName, path: str, expected: dict[str, Any]) -> None:
     fake = FakeEngine(engine)
-    make_backend(engine, fake, base_url=BASE_URL + "/").score_pairs([("q", "a"), ("q", "b")])
+    make_engine(engine, fake, base_url=BASE_URL + "/").score([("q", "a"), ("q", "b")])
     (request,) = fake.requests
     assert request.method == "POST"
     assert str(request.url) == BASE_URL + path
@@ -173,7 +172,7 @@ def test_request_shape(engine: BackendName, path: str, expected: dict[str, Any])
 @pytest.mark.parametrize("engine", ENGINES)
 def test_shuffled_results_come_back_in_input_order_as_raw_logits(engine: BackendName) -> None:
     fake = FakeEngine(engine)
-    scores = make_backend(engine, fake).score_pairs([("what is a panda?", t) for t in TEXTS])
+    scores = make_engine(engine, fake).score([("what is a panda?", t) for t in TEXTS])
     expected = [true_logit("what is a panda?", t) for t in TEXTS]
     # TEI and Infinity send raw logits; vLLM and Cohere send sigmoids that are turned back.
     assert scores == pytest.approx(expected, abs=1e-9)
@@ -182,21 +181,21 @@ def test_shuffled_results_come_back_in_input_order_as_raw_logits(engine: Backend
 
 def test_tei_chunks_at_32_texts_in_near_equal_requests() -> None:
     fake = FakeEngine("tei")
-    backend = make_backend("tei", fake)
+    backend = make_engine("tei", fake)
     texts = [f"text {i}" for i in range(70)]
-    assert backend.score_pairs([("q", t) for t in texts]) == [true_logit("q", t) for t in texts]
+    assert backend.score([("q", t) for t in texts]) == [true_logit("q", t) for t in texts]
     assert sorted(fake.texts_per_request) == [23, 23, 24]
     assert sorted(t for b in fake.bodies for t in b["texts"]) == sorted(texts)  # each text sent once
 
     fake = FakeEngine("tei")
-    make_backend("tei", fake).score_pairs([("q", t) for t in texts[:32]])
+    make_engine("tei", fake).score([("q", t) for t in texts[:32]])
     assert fake.texts_per_request == [32]
 
 
 @pytest.mark.parametrize("engine", ENGINES)
 def test_max_texts_per_request_overrides_the_engine_default(engine: BackendName) -> None:
     fake = FakeEngine(engine)
-    scores = make_backend(engine, fake, max_texts_per_request=3).score_pairs([("q", t) for t in TEXTS])
+    scores = make_engine(engine, fake, max_texts_per_request=3).score([("q", t) for t in TEXTS])
     assert scores == pytest.approx([true_logit("q", t) for t in TEXTS], abs=1e-9)
     assert sorted(fake.texts_per_request) == [2, 3, 3, 3, 3, 3, 3]
 
@@ -207,7 +206,7 @@ def test_several_queries_in_one_call_get_one_request_per_query_chunk(engine: Bac
     rng = random.Random(0)
     pairs = [(rng.choice(queries), t) for t in TEXTS * 3]
     fake = FakeEngine(engine)
-    scores = make_backend(engine, fake, max_texts_per_request=10).score_pairs(pairs)
+    scores = make_engine(engine, fake, max_texts_per_request=10).score(pairs)
     assert scores == pytest.approx([true_logit(q, t) for q, t in pairs], abs=1e-9)
     sent = {
         q: sum(n for b, n in zip(fake.bodies, fake.texts_per_request, strict=True) if b["query"] == q)
@@ -220,8 +219,8 @@ def test_several_queries_in_one_call_get_one_request_per_query_chunk(engine: Bac
 @pytest.mark.parametrize("bound", [1, 3])
 def test_concurrent_requests_are_bounded(bound: int) -> None:
     fake = FakeEngine("infinity", delay=0.05)
-    backend = make_backend("infinity", fake, max_texts_per_request=1, max_concurrent_requests=bound)
-    scores = backend.score_pairs([("q", t) for t in TEXTS[:12]])
+    backend = make_engine("infinity", fake, max_texts_per_request=1, max_concurrent_requests=bound)
+    scores = backend.score([("q", t) for t in TEXTS[:12]])
     assert scores == [true_logit("q", t) for t in TEXTS[:12]]
     assert len(fake.requests) == 12
     assert fake.max_in_flight <= bound
@@ -232,7 +231,7 @@ def test_concurrent_requests_are_bounded(bound: int) -> None:
 def test_429_with_retry_after_then_503_then_success() -> None:
     sleeps: list[float] = []
     fake = FakeEngine("tei", status(429, **{"Retry-After": "7"}), status(503))
-    scores = make_backend("tei", fake, sleeps=sleeps).score_pairs([("q", "a"), ("q", "b")])
+    scores = make_engine("tei", fake, sleeps=sleeps).score([("q", "a"), ("q", "b")])
     assert scores == [true_logit("q", "a"), true_logit("q", "b")]
     assert len(fake.requests) == 3
     assert sleeps[0] == 7.0  # the server's Retry-After
@@ -243,14 +242,14 @@ def test_retry_after_as_an_http_date_is_honoured_and_capped() -> None:
     soon = email.utils.formatdate(time.time() + 5, usegmt=True)
     sleeps: list[float] = []
     fake = FakeEngine("vllm", status(503, **{"Retry-After": soon}), status(429, **{"Retry-After": "86400"}))
-    make_backend("vllm", fake, sleeps=sleeps).score_pairs([("q", "a")])
+    make_engine("vllm", fake, sleeps=sleeps).score([("q", "a")])
     assert 3.0 <= sleeps[0] <= 5.0
     assert sleeps[1] == 30.0  # a day is capped at the policy's longest wait
 
 
 def test_timeout_and_connection_error_then_success() -> None:
     fake = FakeEngine("cohere", raises(httpx.ReadTimeout), raises(httpx.ConnectError))
-    scores = make_backend("cohere", fake).score_pairs([("q", "a")])
+    scores = make_engine("cohere", fake).score([("q", "a")])
     assert scores == pytest.approx([true_logit("q", "a")], abs=1e-9)
     assert len(fake.requests) == 3
 
@@ -258,7 +257,7 @@ def test_timeout_and_connection_error_then_success() -> None:
 def test_5xx_gives_up_after_the_attempts_with_a_clear_error() -> None:
     fake = FakeEngine("infinity", *[status(503)] * 10)
     with pytest.raises(RemoteBackendError, match="after 4 attempts") as info:
-        make_backend("infinity", fake).score_pairs([("q", "a")])
+        make_engine("infinity", fake).score([("q", "a")])
     assert (info.value.engine, info.value.url, info.value.status) == ("infinity", BASE_URL + "/rerank", 503)
     assert "status 503" in info.value.body
     assert len(fake.requests) == 4
@@ -267,7 +266,7 @@ def test_5xx_gives_up_after_the_attempts_with_a_clear_error() -> None:
 def test_timeouts_give_up_with_a_hint() -> None:
     fake = FakeEngine("tei", *[raises(httpx.ReadTimeout)] * 10)
     with pytest.raises(RemoteBackendError, match=r"request_timeout=5 s .*raise request_timeout") as info:
-        make_backend("tei", fake, request_timeout=5).score_pairs([("q", "a")])
+        make_engine("tei", fake, request_timeout=5).score([("q", "a")])
     assert info.value.status is None
     assert len(fake.requests) == 4
 
@@ -276,7 +275,7 @@ def test_413_is_not_retried_and_says_what_to_change() -> None:
     body = {"error": "batch size 40 > maximum allowed batch size 32", "error_type": "Validation"}
     fake = FakeEngine("tei", status(413, body))
     with pytest.raises(RemoteBackendError, match=r"lower max_texts_per_request \(now 40\)") as info:
-        make_backend("tei", fake, max_texts_per_request=40).score_pairs([("q", t) for t in TEXTS * 2])
+        make_engine("tei", fake, max_texts_per_request=40).score([("q", t) for t in TEXTS * 2])
     assert info.value.status == 413
     assert "maximum allowed batch size 32" in str(info.value)
     assert len(fake.requests) == 1
@@ -298,7 +297,7 @@ def test_input_over_the_length_limit_says_to_truncate(
 ) -> None:
     fake = FakeEngine(engine, status(code, body))
     with pytest.raises(RemoteBackendError, match="longer than the server accepts: truncate") as info:
-        make_backend(engine, fake).score_pairs([("q", "a very long text")])
+        make_engine(engine, fake).score([("q", "a very long text")])
     assert info.value.status == code
     assert len(fake.requests) == 1
 
@@ -306,13 +305,13 @@ def test_input_over_the_length_limit_says_to_truncate(
 def test_404_points_at_base_url() -> None:
     fake = FakeEngine("vllm", status(404))
     with pytest.raises(RemoteBackendError, match="base_url must be the engine's root URL"):
-        make_backend("vllm", fake).score_pairs([("q", "a")])
+        make_engine("vllm", fake).score([("q", "a")])
 
 
 def test_other_400_names_the_model() -> None:
     fake = FakeEngine("infinity", status(400, {"error": {"message": "Invalid model"}}))
     with pytest.raises(RemoteBackendError, match="model 'test-model'"):
-        make_backend("infinity", fake).score_pairs([("q", "a")])
+        make_engine("infinity", fake).score([("q", "a")])
 
 
 def _reply(payload: Any) -> Step:
@@ -364,7 +363,7 @@ def test_malformed_replies_are_clear_errors_and_not_retried(
 ) -> None:
     fake = FakeEngine(engine, step)
     with pytest.raises(RemoteBackendError, match=message) as info:
-        make_backend(engine, fake).score_pairs([("q", "a"), ("q", "b")])
+        make_engine(engine, fake).score([("q", "a"), ("q", "b")])
     assert info.value.status == 200
     assert len(fake.requests) == 1
 
@@ -375,11 +374,11 @@ def test_api_key_from_the_environment_is_sent_and_never_shown(
     monkeypatch.setenv("BGE_TEST_KEY", SECRET)
     caplog.set_level(logging.DEBUG)
     fake = FakeEngine("cohere", status(503), status(401, {"message": "invalid api token"}))
-    backend = make_backend("cohere", fake, api_key_env="BGE_TEST_KEY")
+    backend = make_engine("cohere", fake, api_key_env="BGE_TEST_KEY")
     with pytest.raises(RemoteBackendError, match=r"check the API key in \$BGE_TEST_KEY") as info:
-        backend.score_pairs([("q", "a")])
+        backend.score([("q", "a")])
     assert [r.headers["authorization"] for r in fake.requests] == [f"Bearer {SECRET}"] * 2
-    assert backend.score_pairs([("q", "a")]) == pytest.approx([true_logit("q", "a")], abs=1e-9)
+    assert backend.score([("q", "a")]) == pytest.approx([true_logit("q", "a")], abs=1e-9)
     shown = [str(info.value), repr(info.value), repr(backend), repr(backend.config), caplog.text]
     shown.append(repr(Reranker("rerank-v3.5", backend="cohere", api_key_env="BGE_TEST_KEY").load()))
     assert not [s for s in shown if SECRET in s]
@@ -387,7 +386,7 @@ def test_api_key_from_the_environment_is_sent_and_never_shown(
 
 def test_missing_api_key_variable_fails_at_load(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.delenv("BGE_TEST_KEY", raising=False)
-    backend = make_backend("cohere", FakeEngine("cohere"), api_key_env="BGE_TEST_KEY")
+    backend = make_engine("cohere", FakeEngine("cohere"), api_key_env="BGE_TEST_KEY")
     with pytest.raises(RemoteBackendError, match=r"BGE_TEST_KEY .* is not set"):
         backend.load()
     assert not backend.is_loaded
@@ -395,14 +394,14 @@ def test_missing_api_key_variable_fails_at_load(monkeypatch: pytest.MonkeyPatch)
 
 def test_401_without_api_key_env_says_to_set_it() -> None:
     with pytest.raises(RemoteBackendError, match="set api_key_env"):
-        make_backend("tei", FakeEngine("tei", status(401))).score_pairs([("q", "a")])
+        make_engine("tei", FakeEngine("tei", status(401))).score([("q", "a")])
 
 
 def test_credentials_in_base_url_are_never_shown() -> None:
     fake = FakeEngine("tei", status(400))
-    backend = make_backend("tei", fake, base_url="http://user:hunter2@127.0.0.1:9")
+    backend = make_engine("tei", fake, base_url="http://user:hunter2@127.0.0.1:9")
     with pytest.raises(RemoteBackendError) as info:
-        backend.score_pairs([("q", "a")])
+        backend.score([("q", "a")])
     assert "hunter2" not in str(info.value) + repr(backend)
     assert info.value.url == "http://127.0.0.1:9/rerank"
 
@@ -410,22 +409,22 @@ def test_credentials_in_base_url_are_never_shown() -> None:
 def test_cohere_defaults_to_the_public_api() -> None:
     fake = FakeEngine("cohere")
     config = RerankerConfig(model="rerank-v3.5", backend="cohere")
-    RemoteBackend(config, _transport=httpx.MockTransport(fake)).score_pairs([("q", "a")])
+    RemoteEngine(config, transport=httpx.MockTransport(fake)).score([("q", "a")])
     assert str(fake.requests[0].url) == "https://api.cohere.com/v2/rerank"
 
 
 def test_base_url_must_be_http() -> None:
     with pytest.raises(ValueError, match="base_url must start with http"):
-        RemoteBackend(RerankerConfig(backend="tei", base_url="127.0.0.1:8080"))
+        RemoteEngine(RerankerConfig(backend="tei", base_url="127.0.0.1:8080"))
     with pytest.raises(ValueError, match="backend must be one of"):
-        RemoteBackend(RerankerConfig(backend="local"))
+        RemoteEngine(RerankerConfig(backend="local"))
 
 
 def test_load_is_lazy_idempotent_and_thread_safe() -> None:
     fake = FakeEngine("vllm")
-    backend = make_backend("vllm", fake)
+    backend = make_engine("vllm", fake)
     assert not backend.is_loaded
-    assert backend.score_pairs([]) == []
+    assert backend.score([]) == []
     assert not backend.is_loaded
     assert not fake.requests  # empty input sends nothing
     threads = [threading.Thread(target=backend.load) for _ in range(8)]
@@ -434,9 +433,9 @@ def test_load_is_lazy_idempotent_and_thread_safe() -> None:
     for t in threads:
         t.join(timeout=10)
     assert backend.is_loaded
+    assert backend.score([("q", "a")]) == pytest.approx([true_logit("q", "a")], abs=1e-9)
     backend.close()
     assert not backend.is_loaded
-    assert backend.score_pairs([("q", "a")]) == pytest.approx([true_logit("q", "a")], abs=1e-9)
 
 
 def test_one_failing_request_fails_the_call() -> None:
@@ -445,9 +444,9 @@ def test_one_failing_request_fails_the_call() -> None:
             return httpx.Response(422, json={"detail": "unprocessable"})
         return FakeEngine("infinity")(request)
 
-    backend = make_backend("infinity", handler, max_concurrent_requests=4)
+    backend = make_engine("infinity", handler, max_concurrent_requests=4)
     with pytest.raises(RemoteBackendError, match="HTTP 422"):
-        backend.score_pairs([("good", t) for t in TEXTS] + [("bad", "x")] + [("other", t) for t in TEXTS])
+        backend.score([("good", t) for t in TEXTS] + [("bad", "x")] + [("other", t) for t in TEXTS])
 
 
 def test_a_failure_stops_the_other_requests_retrying() -> None:
@@ -458,16 +457,16 @@ def test_a_failure_stops_the_other_requests_retrying() -> None:
 
     fake = FakeEngine("tei", *[handler] * 20)
     config = RerankerConfig(backend="tei", base_url=BASE_URL, max_concurrent_requests=2)
-    backend = RemoteBackend(config, _transport=httpx.MockTransport(fake), _retry=_RetryPolicy(base_delay=2.0))
+    backend = RemoteEngine(config, transport=httpx.MockTransport(fake), retry=RetryPolicy(base_delay=2.0))
     start = time.monotonic()
     with pytest.raises(RemoteBackendError, match="HTTP 400"):
-        backend.score_pairs([("slow", "a"), ("bad", "b")])
+        backend.score([("slow", "a"), ("bad", "b")])
     assert time.monotonic() - start < 1.5  # the 503 would have waited 1 to 2 s before its retry
     assert len(fake.requests) == 2
 
 
 @pytest.mark.parametrize("engine", ["cohere", "vllm"])
-def test_normalize_gives_the_engines_probability_back(engine: BackendName, with_transport: Any) -> None:
+def test_normalize_gives_the_engines_probability_back(engine: BackendName) -> None:
     probabilities = [0.0, 1e-9, 0.02, 0.5, 0.73, 0.999, 0.99999994, 1.0]
     texts = [f"doc {i}" for i in range(len(probabilities))]
 
@@ -477,8 +476,7 @@ def test_normalize_gives_the_engines_probability_back(engine: BackendName, with_
         results = [{"index": i, "relevance_score": probabilities[texts.index(docs[i])]} for i in order]
         return httpx.Response(200, json={"results": results})
 
-    with_transport(handler)
-    reranker = Reranker("rerank-v3.5", backend=engine, base_url=BASE_URL, normalize=True)
+    reranker = reranker_on(handler, "rerank-v3.5", backend=engine, base_url=BASE_URL, normalize=True)
     assert reranker.score("q", texts) == pytest.approx(probabilities, abs=1e-6)
     raw = reranker.score("q", texts, normalize=False)
     assert raw == sorted(raw)  # logits keep the probabilities' order
@@ -488,9 +486,8 @@ def test_normalize_gives_the_engines_probability_back(engine: BackendName, with_
 
 
 @pytest.mark.asyncio
-async def test_async_scoring_through_the_remote_backend(with_transport: Any) -> None:
-    with_transport(FakeEngine("tei"))
-    reranker = Reranker("any", backend="tei", base_url=BASE_URL)
+async def test_async_scoring_through_the_remote_backend() -> None:
+    reranker = reranker_on(FakeEngine("tei"), backend="tei", base_url=BASE_URL)
     assert await reranker.ascore("q", TEXTS[:3]) == [true_logit("q", t) for t in TEXTS[:3]]
 
 
@@ -521,15 +518,15 @@ def silent_server() -> Iterator[int]:
     server.close()
 
 
-def _real_backend(port: int, **settings: Any) -> RemoteBackend:
+def _real_backend(port: int, **settings: Any) -> RemoteEngine:
     config = RerankerConfig(backend="tei", base_url=f"http://127.0.0.1:{port}", **settings)
-    return RemoteBackend(config, _retry=_RetryPolicy(attempts=2, sleep=lambda _: None))
+    return RemoteEngine(config, retry=RetryPolicy(attempts=2, sleep=lambda _: None))
 
 
 def test_a_real_silent_server_times_out(silent_server: int) -> None:
     start = time.monotonic()
     with pytest.raises(RemoteBackendError, match=r"no reply within request_timeout=0.3 s \(ReadTimeout\)"):
-        _real_backend(silent_server, request_timeout=0.3).score_pairs([("q", "a")])
+        _real_backend(silent_server, request_timeout=0.3).score([("q", "a")])
     assert time.monotonic() - start < 5
 
 
@@ -538,16 +535,15 @@ def test_a_closed_port_is_a_connection_error() -> None:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
     with pytest.raises(RemoteBackendError, match=r"cannot reach the server .*check base_url") as info:
-        _real_backend(port).score_pairs([("q", "a")])
+        _real_backend(port).score([("q", "a")])
     assert info.value.status is None
 
 
-def test_concurrent_callers_keep_several_requests_in_flight(with_transport: Any) -> None:
+def test_concurrent_callers_keep_several_requests_in_flight() -> None:
     # The engine batches on its side: concurrent callers' requests must overlap, not queue one by one
     # behind a single in-flight request.
     fake = FakeEngine("infinity", delay=0.2)
-    with_transport(fake)
-    reranker = Reranker(backend="infinity", base_url=BASE_URL, max_concurrent_requests=4)
+    reranker = reranker_on(fake, backend="infinity", base_url=BASE_URL, max_concurrent_requests=4)
     passages = [f"passage {i} about pandas and bamboo" for i in range(100)]
     queries = [f"question {n}" for n in range(8)]
     with ThreadPoolExecutor(max_workers=8) as pool:
@@ -571,9 +567,9 @@ class SlowQueryEngine(FakeEngine):
         return super().__call__(request)
 
 
-def test_a_slow_request_does_not_hold_up_the_callers_behind_it(with_transport: Any) -> None:
-    with_transport(SlowQueryEngine("infinity", "slow question", slow_seconds=1.5))
-    reranker = Reranker(backend="infinity", base_url=BASE_URL, max_concurrent_requests=4)
+def test_a_slow_request_does_not_hold_up_the_callers_behind_it() -> None:
+    fake = SlowQueryEngine("infinity", "slow question", slow_seconds=1.5)
+    reranker = reranker_on(fake, backend="infinity", base_url=BASE_URL, max_concurrent_requests=4)
     with ThreadPoolExecutor(max_workers=4) as pool:
         slow = pool.submit(reranker.score, "slow question", TEXTS[:3])
         time.sleep(0.1)  # the slow request is in flight
@@ -587,11 +583,10 @@ def test_a_slow_request_does_not_hold_up_the_callers_behind_it(with_transport: A
     assert fast_seconds < 1.0  # answered beside the slow one, not after it
 
 
-def test_requests_in_flight_stay_bounded_across_concurrent_calls(with_transport: Any) -> None:
+def test_requests_in_flight_stay_bounded_across_concurrent_calls() -> None:
     fake = FakeEngine("infinity", delay=0.05)
-    with_transport(fake)
-    reranker = Reranker(
-        backend="infinity", base_url=BASE_URL, max_concurrent_requests=3, max_texts_per_request=5
+    reranker = reranker_on(
+        fake, backend="infinity", base_url=BASE_URL, max_concurrent_requests=3, max_texts_per_request=5
     )
     passages = [f"passage {i} about pandas" for i in range(20)]  # 4 HTTP requests a call
     with ThreadPoolExecutor(max_workers=8) as pool:
