@@ -39,6 +39,7 @@ that identify it (:func:`detect_llm_kind`). For the kind boundary (issue 13) the
 
 from __future__ import annotations
 
+import copy
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Literal
@@ -224,6 +225,29 @@ class LLMPairEncoder:
             raise ModelLoadError("the tokenizer encodes 'Yes' as no tokens at all")
         self.yes_id: int = yes[0]
         """The id whose logit v2-gemma scores: the first id of ``"Yes"``, as the reference takes it."""
+
+    def with_settings(
+        self, *, max_length: int, query_max_length: int | None = None, prompt: str | None = None
+    ) -> LLMPairEncoder:
+        """This encoder with other lengths or prompt, sharing its tokenizer (which is never mutated).
+
+        The instruction templates, ``<bos>`` and truncation side stay; ``prompt=None`` is the kind's
+        default prompt.
+        """
+        if max_length < 1:
+            raise ValueError(f"max_length must be at least 1, got {max_length}")
+        if query_max_length is None:
+            query_max_length = max_length * 3 // 4
+        if query_max_length < 1:
+            raise ValueError(f"query_max_length must be at least 1, got {query_max_length}")
+        other = copy.copy(self)
+        other.max_length = max_length
+        other.query_max_length = query_max_length
+        other.prompt = self.kind.default_prompt if prompt is None else prompt
+        if other.prompt != self.prompt:
+            (prompt_ids,) = self._ids([other.prompt])
+            other.prompt_ids = tuple(prompt_ids)
+        return other
 
     @classmethod
     def from_transformers(cls, tokenizer: Any, kind: LLMKind, **settings: Any) -> LLMPairEncoder:
