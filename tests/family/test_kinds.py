@@ -257,3 +257,9 @@ def test_missing_files_are_a_load_error_with_the_cause(decoder_dirs: dict[str, P
     with pytest.raises(ModelLoadError) as info:
         load("v2-gemma", broken)
     assert info.value.__cause__ is not None
+
+
+@pytest.mark.parametrize("kind", list(KIND_CLASSES))
+def test_int8_is_refused_by_name(kind: str, decoder_dirs: dict[str, Path]) -> None:
+    with pytest.raises(ValueError, match=f"dtype='int8'.*the {kind} reranker runs in"):
+        load(kind, decoder_dirs[kind], dtype="int8")

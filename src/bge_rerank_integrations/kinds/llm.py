@@ -311,7 +311,13 @@ class DecoderKind:
         Raises:
             ModelLoadError: the files are missing or broken, the folder is another architecture, or
                 the model declares custom code and ``trust_remote_code`` is not set.
+            ValueError: ``settings.dtype`` is ``"int8"`` (a cross-encoder-only forward).
         """
+        if settings.dtype == "int8":
+            raise ValueError(
+                f"dtype='int8' quantizes the cross-encoder's padding-free forward; the {cls.name} "
+                "reranker runs in 'float32', 'float16' or 'bfloat16'"
+            )
         check_model_name(settings.model, cache_dir=settings.cache_dir, revision=settings.revision)
         spec = read_model_config(settings)
         if not cls.matches(spec):
