@@ -34,9 +34,9 @@ def test_benchmark_suite_runs_and_every_contender_agrees(model_dir: Path, tmp_pa
         # the best call's FLOP rate: one FLOP count per call, each of that call's own pairs
         assert len(workload["call_flops"]) == len(workload["contenders"]["ours"]["calls"])
         if spec.per_request:
-            encoder = Reranker(model_dir, device="cpu", max_length=spec.max_length).load()._backend._encoder  # type: ignore[attr-defined]
+            encoder = Reranker(model_dir, device="cpu", max_length=spec.max_length)
             for flops, request in zip(workload["call_flops"], spec.requests, strict=True):
-                ids = encoder.encode([(request.query, p) for p in request.passages])
+                ids = encoder.encode_pairs([(request.query, p) for p in request.passages])
                 assert flops == pytest.approx(forward_flops([len(x) for x in ids], config))
         assert sum(workload["call_flops"]) == pytest.approx(workload["flops"])
         contenders = workload["contenders"]

@@ -11,19 +11,29 @@ ends its threads and drops its weights and connections; a reranker nobody refere
 from __future__ import annotations
 
 import asyncio
-import functools
+import dataclasses
 import math
 import os
 import threading
 from collections.abc import Sequence
 from dataclasses import dataclass
 from types import TracebackType
-from typing import Any, ClassVar, Self
+from typing import TYPE_CHECKING, Any, ClassVar, Self
 
-from bge_rerank_integrations.backends.base import Backend
-from bge_rerank_integrations.config import DEFAULT_MODEL, BackendName, DType, LongPassages, RerankerConfig
+from bge_rerank_integrations.backends.base import Backend, Engine
+from bge_rerank_integrations.backends.queued import QueuedEngine
+from bge_rerank_integrations.config import (
+    DEFAULT_MODEL,
+    BackendName,
+    DType,
+    LongPassages,
+    RerankerConfig,
+    ScoringOptions,
+)
 from bge_rerank_integrations.errors import RerankError
-from bge_rerank_integrations.scheduler import BatchScheduler
+
+if TYPE_CHECKING:
+    from bge_rerank_integrations.backends.local import ForwardStats, LocalBackend
 
 __all__ = ["RerankResult", "Reranker", "check_top", "rank_scores", "sigmoid"]
 
@@ -44,16 +54,6 @@ def sigmoid(logit: float) -> float:
     return e / (1.0 + e)
 
 
-# A shared batch is closed once it holds about one forward pass of pairs (the backend's
-# ``pass_tokens``): small requests share passes, while a request that fills a pass on its own runs
-# alone and answers without waiting for the requests queued behind it.
-_TYPICAL_PAIR_TOKENS = 128
-
-
-def _pass_pairs(backend: Backend) -> int:
-    return backend.pass_tokens // _TYPICAL_PAIR_TOKENS
-
-
 class Reranker:
     """A cross-encoder reranker (bge-reranker-v2-m3 by default) with a framework-free API.
 
@@ -72,6 +72,7 @@ class Reranker:
     """
 
     _shared: ClassVar[dict[RerankerConfig, Reranker]] = {}
+    _engines: ClassVar[dict[RerankerConfig, _EngineHold]] = {}  # shared engines by _engine_key
     _shared_lock: ClassVar[threading.Lock] = threading.Lock()
 
     def __init__(
@@ -129,70 +130,63 @@ class Reranker:
         )
         self._init_from_config(config)
 
-    def _init_from_config(self, config: RerankerConfig, backends: Sequence[Backend] | None = None) -> None:
+    def _init_from_config(
+        self,
+        config: RerankerConfig,
+        backends: Sequence[Backend] | None = None,
+        engine: Engine | None = None,
+    ) -> None:
         self.config = config
-        self._backends: list[Backend]
-        self._given_backends = backends is not None
-        if backends is not None:
-            if not backends:
-                raise ValueError("backends must hold at least one backend")
-            self._backends = list(backends)
-        elif config.backend == "local":
-            from bge_rerank_integrations.backends.local import LocalBackend
-
-            self._backends = [LocalBackend(config, device) for device in config.devices]
-        else:
-            from bge_rerank_integrations.backends.remote import RemoteBackend
-
-            self._backends = [RemoteBackend(config)]
-        # A remote engine gets several calls in flight side by side; it bounds the HTTP requests among them.
-        workers = (
-            self._backends if config.backend == "local" else self._backends * config.max_concurrent_requests
-        )
-        # Every call goes through one queue, so concurrent callers share forward passes; with several
-        # devices each replica's worker takes the next batch when it is free. The replicas refer to
-        # their backend, never to this reranker, so the worker threads do not keep it alive.
-        self._scheduler = BatchScheduler(
-            [functools.partial(_checked_logits, backend, config.dtype) for backend in workers],
-            max_wait=config.batch_wait_ms / 1000,
-            max_pairs=[functools.partial(_pass_pairs, backend) for backend in workers],
-        )
+        self._scoring = config.scoring
+        if backends is not None and engine is not None:
+            raise ValueError("pass backends or engine, not both")
+        self._given: tuple[Sequence[Backend] | None, Engine | None] | None = None
+        if backends is not None or engine is not None:
+            self._given = (list(backends) if backends is not None else None, engine)
+        self._engine: Engine = engine if engine is not None else _make_engine(config, backends)
         self._closed = False
-        self._is_shared = False  # made by shared_from_config, which counts its holders in _holds
+        self._shared_key: RerankerConfig | None = None  # set by shared_from_config (holds in _holds)
         self._holds = 0
 
-    @property
-    def _backend(self) -> Backend:
-        """The first (usually the only) replica."""
-        return self._backends[0]
-
     @classmethod
-    def from_config(cls, config: RerankerConfig, backends: Sequence[Backend] | None = None) -> Reranker:
+    def from_config(
+        cls,
+        config: RerankerConfig,
+        backends: Sequence[Backend] | None = None,
+        *,
+        engine: Engine | None = None,
+    ) -> Reranker:
         """A new (unshared) reranker with these settings.
 
         Args:
             config: the settings.
             backends: ready objects that compute the logits (see :class:`~.backends.base.Backend`),
-                one per model replica, instead of the ones ``config`` describes: a seam for a custom
-                engine, or for a test that injects faults. ``config`` still sets the rest (``normalize``,
-                ``batch_wait_ms``, and with a remote ``backend`` setting, the calls in flight per
-                backend). The reranker owns them: :meth:`close` closes them, and a copy of the
-                reranker copies them.
+                one per model replica, put behind this reranker's queue instead of the ones ``config``
+                describes: a seam for a custom local model, or for a test that injects faults.
+            engine: a ready :class:`~.backends.base.Engine` to score with instead (no queue of this
+                reranker's own: the engine batches as it sees fit), such as a remote engine.
+
+        ``config`` still sets the rest (the default scoring options of each call, ``normalize``,
+        ``batch_wait_ms`` of the queue). The reranker owns what it is given: :meth:`close` closes it,
+        and a copy of the reranker copies it.
+
+        Raises:
+            ValueError: both ``backends`` and ``engine`` are given, or ``backends`` is empty.
         """
         self = cls.__new__(cls)
-        self._init_from_config(config, backends)
+        self._init_from_config(config, backends, engine)
         return self
 
     @classmethod
     def shared(cls, model: str | os.PathLike[str] = DEFAULT_MODEL, **settings: Any) -> Reranker:
         """The process-wide instance for these settings, created on first request.
 
-        Every adapter built with the same settings gets the same instance (one queue, so concurrent
-        calls share forward passes). Settings are compared as given: ``device=None`` and
-        ``device="cpu"`` are two instances. The weights are in memory once either way: every local
-        reranker whose settings load the same weights (model, revision, token, cache, local-files-only,
-        trust-remote-code, the device and dtype they resolve to) shares one loaded copy, whatever its
-        scoring options (lengths, windows, batch budget, normalization).
+        Every adapter built with the same settings gets the same instance. Instances whose settings
+        differ only in scoring options (lengths, windows, batch budget, the kinds' options) or
+        ``normalize`` share one engine: one queue, so concurrent calls share forward passes, and one
+        loaded model; each call carries its instance's options. Settings are compared as given:
+        ``device=None`` and ``device="cpu"`` are two queues, but the weights are in memory once either
+        way (every local reranker whose settings load the same weights shares one loaded copy).
 
         The instance stays (loaded) until closed: each call takes a hold on it and each :meth:`close`
         gives one back; the last one given back closes it, and the next call makes a new one.
@@ -205,16 +199,39 @@ class Reranker:
         with cls._shared_lock:
             instance = cls._shared.get(config)
             if instance is None:
-                instance = cls._shared[config] = cls.from_config(config)
-                instance._is_shared = True
+                key = _engine_key(config)
+                hold = cls._engines.get(key)
+                if hold is None:
+                    hold = cls._engines[key] = _EngineHold(_make_engine(key))
+                hold.users += 1
+                instance = cls._shared[config] = cls.from_config(config, engine=hold.engine)
+                instance._given = None
+                instance._shared_key = key
             instance._holds += 1
             return instance
 
+    @classmethod
+    def clear_shared(cls) -> None:
+        """Close every shared instance now, whatever holds remain, and forget them; idempotent.
+
+        For tests and for a process that reconfigures: the next :meth:`shared` call makes a new
+        instance (an adapter holding a closed one takes the new one on its next call).
+        """
+        with cls._shared_lock:
+            instances = list(cls._shared.values())
+            holds = list(cls._engines.values())
+            cls._shared.clear()
+            cls._engines.clear()
+            for instance in instances:
+                instance._closed = True
+        for hold in holds:
+            hold.engine.close()
+
     def __reduce__(self) -> tuple[Any, ...]:
         """Copy and pickle the settings, never the model or threads (see the class docstring)."""
-        if self._given_backends:
-            return (type(self).from_config, (self.config, self._backends))
-        if self._is_shared:
+        if self._given is not None:
+            return (_rebuild, (type(self), self.config, *self._given))
+        if self._shared_key is not None:
             return (type(self).shared_from_config, (self.config,))
         return (type(self).from_config, (self.config,))
 
@@ -223,21 +240,30 @@ class Reranker:
 
         Calls already queued are served first; a call after ``close()`` raises :class:`RerankError`,
         as a closed ``httpx`` client does (make a new reranker to score again). On a shared instance
-        (see :meth:`shared`) this gives back one hold: it closes when the last one is given back.
+        (see :meth:`shared`) this gives back one hold: it closes when the last one is given back, and
+        its engine once no other shared instance uses it.
         """
+        engine: Engine | None = self._engine
         with Reranker._shared_lock:
             if self._closed:
                 return
-            if self._is_shared:
+            key = self._shared_key
+            if key is not None:
                 self._holds -= 1
                 if self._holds > 0:
                     return
                 if Reranker._shared.get(self.config) is self:
                     del Reranker._shared[self.config]
+                hold = Reranker._engines.get(key)
+                engine = None
+                if hold is not None and hold.engine is self._engine:
+                    hold.users -= 1
+                    if not hold.users:
+                        del Reranker._engines[key]
+                        engine = hold.engine
             self._closed = True
-        self._scheduler.close()
-        for backend in self._backends:
-            backend.close()
+        if engine is not None:
+            engine.close()
 
     async def aclose(self) -> None:
         """:meth:`close` without blocking the event loop (it waits for the queued calls)."""
@@ -270,35 +296,85 @@ class Reranker:
 
     @property
     def is_loaded(self) -> bool:
-        """Whether the model is in memory."""
-        return all(backend.is_loaded for backend in self._backends)
+        """Whether the model is in memory for this reranker (never once it is closed)."""
+        return not self._closed and self._engine.is_loaded
+
+    @property
+    def engine(self) -> Engine:
+        """What this reranker scores through: a queue over local replicas, or a serving engine."""
+        return self._engine
+
+    @property
+    def stats(self) -> ForwardStats:
+        """Totals of the forward passes so far, over every local replica (a copy: read-only).
+
+        Raises:
+            RerankError: this reranker does not score through local replicas (a remote engine).
+        """
+        from bge_rerank_integrations.backends.local import ForwardStats
+
+        total = ForwardStats()
+        for backend in self._local_backends():
+            for f in dataclasses.fields(ForwardStats):
+                setattr(total, f.name, getattr(total, f.name) + getattr(backend.stats, f.name))
+        return total
+
+    def encode_pairs(self, pairs: Sequence[tuple[str, str]], **options: Any) -> list[list[int]]:
+        """The exact token ids scored for ``pairs`` under this reranker's options with ``options``
+        applied (loads the model): one list per pair, or per window in ``long_passages="window"`` mode.
+
+        Raises:
+            RerankError: the reranker is closed, or does not score through local replicas.
+        """
+        self._check_open()
+        return self._local_backends()[0].encode(_check_pairs(pairs), self._options(options))
+
+    def _local_backends(self) -> list[LocalBackend]:
+        from bge_rerank_integrations.backends.local import LocalBackend
+
+        engine = self._engine
+        backends = engine.backends if isinstance(engine, QueuedEngine) else ()
+        local = [b for b in backends if isinstance(b, LocalBackend)]
+        if not local:
+            raise RerankError(f"{self!r} scores through {type(engine).__name__}, not local replicas")
+        return local
 
     def load(self) -> Reranker:
         """Load the model now (a warm-up); idempotent. Returns ``self``.
 
         Raises:
             ModelLoadError: the model cannot be found or is not a one-label cross-encoder.
+            ValueError: this reranker's scoring options do not fit the model (``max_length``).
             RerankError: the reranker is closed.
         """
         self._check_open()
-        for backend in self._backends:
-            backend.load()
+        self._engine.load()
+        if isinstance(self._engine, QueuedEngine):
+            self._engine.check(self._scoring)
         return self
 
-    def score(self, query: str, passages: Sequence[str], *, normalize: bool | None = None) -> list[float]:
+    def score(
+        self, query: str, passages: Sequence[str], *, normalize: bool | None = None, **options: Any
+    ) -> list[float]:
         """One score per passage, in input order: the raw logit, or its sigmoid if ``normalize``.
 
-        ``normalize=None`` uses the instance default. An empty ``passages`` returns ``[]`` without
-        loading the model.
+        ``normalize=None`` uses the instance default. ``options`` override this reranker's scoring
+        options (:class:`~.config.ScoringOptions`: ``max_length``, ``long_passages``,
+        ``max_batch_tokens``, ...) for this call only; the scores are those of a reranker built with
+        them, and the model is the same. An empty ``passages`` returns ``[]`` without loading the model.
 
         Raises:
-            TypeError: ``query`` or a passage is not a ``str`` (the message names the index).
+            TypeError: ``query`` or a passage is not a ``str`` (the message names the index), or an
+                option is unknown or of the wrong type.
+            ValueError: an option is out of range (checked before the call is queued).
         """
-        return self._score(_query_pairs(query, passages), normalize)
+        return self._score(_query_pairs(query, passages), normalize, self._options(options))
 
-    def score_pairs(self, pairs: Sequence[tuple[str, str]], *, normalize: bool | None = None) -> list[float]:
-        """One score per ``(query, passage)`` pair, in input order."""
-        return self._score(_check_pairs(pairs), normalize)
+    def score_pairs(
+        self, pairs: Sequence[tuple[str, str]], *, normalize: bool | None = None, **options: Any
+    ) -> list[float]:
+        """One score per ``(query, passage)`` pair, in input order (``options`` as in :meth:`score`)."""
+        return self._score(_check_pairs(pairs), normalize, self._options(options))
 
     def rank(
         self,
@@ -307,26 +383,28 @@ class Reranker:
         *,
         top_n: int | None = None,
         normalize: bool | None = None,
+        **options: Any,
     ) -> list[RerankResult]:
-        """Passages as ``(index, score)``, best first; ties keep input order; at most ``top_n``.
+        """Passages as ``(index, score)``, best first; ties keep input order; at most ``top_n``
+        (``options`` as in :meth:`score`).
 
         Raises:
             ValueError: ``top_n`` is not ``None`` and below 1.
         """
         check_top("top_n", top_n)
-        return rank_scores(self.score(query, passages, normalize=normalize), top_n)
+        return rank_scores(self.score(query, passages, normalize=normalize, **options), top_n)
 
     async def ascore(
-        self, query: str, passages: Sequence[str], *, normalize: bool | None = None
+        self, query: str, passages: Sequence[str], *, normalize: bool | None = None, **options: Any
     ) -> list[float]:
         """:meth:`score` without blocking the event loop: the work runs on the scoring thread."""
-        return await self._ascore(_query_pairs(query, passages), normalize)
+        return await self._ascore(_query_pairs(query, passages), normalize, self._options(options))
 
     async def ascore_pairs(
-        self, pairs: Sequence[tuple[str, str]], *, normalize: bool | None = None
+        self, pairs: Sequence[tuple[str, str]], *, normalize: bool | None = None, **options: Any
     ) -> list[float]:
         """:meth:`score_pairs` without blocking the event loop."""
-        return await self._ascore(_check_pairs(pairs), normalize)
+        return await self._ascore(_check_pairs(pairs), normalize, self._options(options))
 
     async def arank(
         self,
@@ -335,34 +413,46 @@ class Reranker:
         *,
         top_n: int | None = None,
         normalize: bool | None = None,
+        **options: Any,
     ) -> list[RerankResult]:
         """:meth:`rank` without blocking the event loop."""
         check_top("top_n", top_n)
-        return rank_scores(await self.ascore(query, passages, normalize=normalize), top_n)
+        return rank_scores(await self.ascore(query, passages, normalize=normalize, **options), top_n)
 
     def _check_open(self) -> None:
         if self._closed:
             model = self.config.model
             raise RerankError(f"Reranker({model!r}) is closed; create a new Reranker to score again")
 
-    def _score(self, pairs: list[tuple[str, str]], normalize: bool | None) -> list[float]:
+    def _options(self, overrides: dict[str, Any]) -> ScoringOptions:
+        """This reranker's scoring options with a call's ``overrides``, checked before anything is queued.
+
+        Checked against the whole settings, so that an option a remote engine cannot honour (windows)
+        is refused as it is at construction.
+        """
+        if not overrides:
+            return self._scoring
+        options = self._scoring.replace(**overrides)  # unknown names: a TypeError listing the options
+        if self.config.backend != "local":
+            self.config.replace(**overrides)
+        return options
+
+    def _score(
+        self, pairs: list[tuple[str, str]], normalize: bool | None, options: ScoringOptions
+    ) -> list[float]:
         self._check_open()
         if not pairs:
             return []
-        future = self._scheduler.submit(pairs)
-        try:
-            logits = future.result()
-        except BaseException:
-            future.cancel()  # interrupted while waiting (Ctrl-C): drop the request if it has not started
-            raise
-        return self._finish(logits, normalize)
+        return self._finish(self._engine.score(pairs, options), normalize)
 
-    async def _ascore(self, pairs: list[tuple[str, str]], normalize: bool | None) -> list[float]:
+    async def _ascore(
+        self, pairs: list[tuple[str, str]], normalize: bool | None, options: ScoringOptions
+    ) -> list[float]:
         self._check_open()
         if not pairs:
             return []
         # Cancelling the awaiting task cancels the request if its batch has not started yet.
-        return self._finish(await asyncio.wrap_future(self._scheduler.submit(pairs)), normalize)
+        return self._finish(await self._engine.ascore(pairs, options), normalize)
 
     def _finish(self, logits: list[float], normalize: bool | None) -> list[float]:
         if self.config.normalize if normalize is None else normalize:
@@ -370,16 +460,74 @@ class Reranker:
         return logits
 
 
-def _checked_logits(backend: Backend, dtype: str, pairs: list[tuple[str, str]]) -> list[float]:
-    """One scheduler replica: raw logits from ``backend``, refused if any is NaN."""
-    logits = backend.score_pairs(pairs)
-    broken = sum(1 for x in logits if math.isnan(x))
-    if broken:
-        raise RerankError(
-            f"the model returned NaN for {broken} of {len(logits)} pairs; its weights or dtype are "
-            f"broken for this input (dtype={dtype!r}: try 'bfloat16' or 'float32')"
-        )
-    return logits
+@dataclass(eq=False)
+class _EngineHold:
+    """A shared engine and how many shared instances use it."""
+
+    engine: Engine
+    users: int = 0
+
+
+def _engine_key(config: RerankerConfig) -> RerankerConfig:
+    """What shared instances must agree on to share an engine: all but the scoring options and
+    ``normalize`` (which each call carries)."""
+    return config.replace(**_SCORING_DEFAULTS, normalize=False)
+
+
+_SCORING_DEFAULTS = {f.name: f.default for f in dataclasses.fields(ScoringOptions)}
+
+
+def _make_engine(config: RerankerConfig, backends: Sequence[Backend] | None = None) -> Engine:
+    """The engine ``config`` describes: the queue over ``backends`` (default: one local replica per
+    device), or for a remote ``backend`` setting the serving engine."""
+    if backends is None and config.backend != "local":
+        return _remote_engine(config)
+    if backends is None:
+        from bge_rerank_integrations.backends.local import LocalBackend
+
+        backends = [LocalBackend(config, device) for device in config.devices]
+    return QueuedEngine(backends, batch_wait_ms=config.batch_wait_ms, dtype=config.dtype)
+
+
+def _remote_engine(config: RerankerConfig) -> Engine:
+    """The serving engine of ``config``: today's remote backend behind the queue, with
+    ``max_concurrent_requests`` calls in flight side by side (its requests bounded among them)."""
+    from bge_rerank_integrations.backends import remote
+
+    backend = _WithoutOptions(remote.RemoteBackend(config))
+    workers = [backend] * config.max_concurrent_requests
+    return QueuedEngine(workers, batch_wait_ms=config.batch_wait_ms, dtype=config.dtype)
+
+
+def _rebuild(
+    cls: type[Reranker], config: RerankerConfig, backends: Sequence[Backend] | None, engine: Engine | None
+) -> Reranker:
+    """A copy of a reranker built on given backends or a given engine (see ``Reranker.__reduce__``)."""
+    return cls.from_config(config, backends, engine=engine)
+
+
+class _WithoutOptions:
+    """Today's remote backend behind the queue: the engine truncates by itself, so options are not sent."""
+
+    def __init__(self, inner: Any) -> None:
+        self.inner = inner
+
+    @property
+    def is_loaded(self) -> bool:
+        return bool(self.inner.is_loaded)
+
+    @property
+    def pass_tokens(self) -> int:
+        return int(self.inner.pass_tokens)
+
+    def load(self) -> None:
+        self.inner.load()
+
+    def close(self) -> None:
+        self.inner.close()
+
+    def score_pairs(self, pairs: Sequence[tuple[str, str]], options: ScoringOptions) -> list[float]:
+        return list(self.inner.score_pairs(pairs))
 
 
 def rank_scores(scores: Sequence[float], top_n: int | None = None) -> list[RerankResult]:

@@ -7,6 +7,11 @@ scores their pairs together under the token budget and hands each caller its own
 order. A caller that finds the worker idle starts at once, so a single caller pays only a thread
 hand-off; ``max_wait`` (off by default) holds a batch open a little longer to gather bursts.
 
+Each request carries its options (for a reranker, its :class:`~.config.ScoringOptions`), and a batch
+only mixes requests whose options are equal: a worker takes the oldest waiting request and, with
+it, the waiting requests of equal options, leaving the others queued in their order. So no request
+waits behind newer ones: whatever options it has, it leads a batch once the older ones are served.
+
 Failures stay with their owner: if a shared batch raises, its requests are retried one by one, so
 only the request that breaks the model fails, with its original exception (a ``BaseException`` such
 as ``KeyboardInterrupt`` too: it reaches that request's caller, and the worker lives on). A caller
@@ -25,9 +30,10 @@ import threading
 import time
 import weakref
 from collections import deque
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Hashable, Sequence
 from concurrent.futures import Future
 from dataclasses import dataclass, field
+from typing import Generic, TypeVar
 
 from bge_rerank_integrations.errors import RerankError
 
@@ -35,12 +41,15 @@ __all__ = ["BatchScheduler"]
 
 logger = logging.getLogger(__name__)
 
-ScoreFn = Callable[[list[tuple[str, str]]], list[float]]
+_O = TypeVar("_O", bound=Hashable)
+ScoreFn = Callable[[list[tuple[str, str]], _O], list[float]]
+"""One replica: the raw logits of distinct pairs scored under the batch's options, in input order."""
 
 
 @dataclass(eq=False)
-class _Request:
+class _Request(Generic[_O]):
     pairs: list[tuple[str, str]]
+    options: _O
     future: Future[list[float]] = field(default_factory=Future)
 
 
@@ -52,7 +61,7 @@ class _Queue:
     """
 
     def __init__(self) -> None:
-        self.requests: deque[_Request] = deque()
+        self.requests: deque[_Request[Hashable]] = deque()
         self.ready = threading.Condition()
         self.closed = False
 
@@ -83,7 +92,7 @@ class _Queue:
                 )
 
 
-def _work(queue: _Queue, scheduler: weakref.ref[BatchScheduler], replica: int) -> None:
+def _work(queue: _Queue, scheduler: weakref.ref[BatchScheduler[_O]], replica: int) -> None:
     """A worker thread: waits holding only the queue, takes the scheduler for one batch at a time."""
     while queue.wait():
         owner = scheduler()
@@ -93,24 +102,26 @@ def _work(queue: _Queue, scheduler: weakref.ref[BatchScheduler], replica: int) -
         del owner  # wait without it, so a scheduler nobody else references can be collected
 
 
-class BatchScheduler:
+class BatchScheduler(Generic[_O]):
     """A queue of scoring requests served by one worker thread per replica.
 
     Args:
-        replicas: One scoring function per model replica (raw logits of pairs, in input order).
+        replicas: One scoring function per model replica: raw logits of pairs, in input order, under
+            the options of the batch's requests (all equal).
         max_wait: Seconds a worker keeps gathering requests after the first one arrives.
         max_pairs: Requests are added to a batch until it holds at least this many pairs (a batch
             always takes one request, however large): bigger batches use the device better, smaller
             ones answer the first requests sooner. One number for every replica, or per replica a
-            function read before each batch (a backend may learn its device only when it loads).
+            function of the batch's options read before each batch (a backend may learn its device
+            only when it loads, and a batch budget is one of the options).
     """
 
     def __init__(
         self,
-        replicas: Sequence[ScoreFn],
+        replicas: Sequence[ScoreFn[_O]],
         *,
         max_wait: float = 0.0,
-        max_pairs: int | Sequence[Callable[[], int]] = 2048,
+        max_pairs: int | Sequence[Callable[[_O], int]] = 2048,
     ) -> None:
         """Store the replicas; worker threads start on the first request."""
         if not replicas:
@@ -118,7 +129,7 @@ class BatchScheduler:
         if isinstance(max_pairs, int) and not isinstance(max_pairs, bool):
             if max_pairs < 1:
                 raise ValueError(f"max_pairs must be positive, got {max_pairs}")
-            caps: list[Callable[[], int]] = [lambda: max_pairs] * len(replicas)
+            caps: list[Callable[[_O], int]] = [lambda _: max_pairs] * len(replicas)
         elif isinstance(max_pairs, Sequence) and all(callable(cap) for cap in max_pairs):
             caps = list(max_pairs)
         else:
@@ -132,13 +143,14 @@ class BatchScheduler:
         # Collected without close(): end the workers (they hold the queue, never the scheduler).
         weakref.finalize(self, self._queue.abandon).atexit = False
 
-    def submit(self, pairs: list[tuple[str, str]]) -> Future[list[float]]:
-        """Queue ``pairs``; the future resolves to their raw logits in input order.
+    def submit(self, pairs: list[tuple[str, str]], options: _O) -> Future[list[float]]:
+        """Queue ``pairs`` to be scored under ``options``; the future resolves to their raw logits in
+        input order.
 
         Raises:
             RerankError: the scheduler is closed.
         """
-        request = _Request(pairs)
+        request = _Request(pairs, options)
         if not pairs:
             request.future.set_result([])
             return request.future
@@ -148,7 +160,7 @@ class BatchScheduler:
                 raise RerankError("this reranker is closed; create a new one to score again")
             if not self._workers:
                 self._start_workers()
-            queue.requests.append(request)
+            queue.requests.append(request)  # type: ignore[arg-type]  # the queue holds only _O options
             queue.ready.notify()
         return request.future
 
@@ -176,45 +188,57 @@ class BatchScheduler:
     def _serve_one(self, replica: int) -> None:
         """Take the next batch for ``replica`` (if another replica has not) and score it."""
         score, max_pairs = self._replicas[replica]
+        with self._queue.ready:
+            if not self._queue.requests:
+                return
+            options: _O = self._queue.requests[0].options  # type: ignore[assignment]  # the oldest leads
         # read outside the lock (a backend may resolve its device, importing torch, the first time)
         try:
-            cap = max(1, max_pairs())
+            cap = max(1, max_pairs(options))
         except BaseException:  # the worker must outlive a broken hint, or every caller would hang
             logger.exception("could not size the next batch; taking one request")
             cap = 1
-        batch = self._take(cap)
+        batch = self._take(options, cap)
         if batch:
-            self._execute(score, batch)
+            self._execute(score, options, batch)
 
-    def _take(self, max_pairs: int) -> list[_Request]:
-        """Take waiting, uncancelled requests up to ``max_pairs`` (none if another replica took them)."""
+    def _take(self, options: _O, max_pairs: int) -> list[_Request[_O]]:
+        """Take waiting, uncancelled requests of ``options``, oldest first, up to ``max_pairs``.
+
+        Requests of other options stay queued in their order (none if another replica took them all).
+        """
         queue = self._queue
         with queue.ready:
             if self._max_wait > 0 and queue.requests:
                 deadline = time.monotonic() + self._max_wait
                 while (
                     not queue.closed
-                    and self._pending_pairs() < max_pairs
+                    and self._pending_pairs(options) < max_pairs
                     and (left := deadline - time.monotonic()) > 0
                 ):
                     queue.ready.wait(left)
-            taken: list[_Request] = []
+            taken: list[_Request[_O]] = []
+            kept: deque[_Request[Hashable]] = deque()
             size = 0
             while queue.requests and size < max_pairs:
                 request = queue.requests.popleft()
-                if request.future.set_running_or_notify_cancel():
-                    taken.append(request)
+                if request.options != options:
+                    kept.append(request)
+                elif request.future.set_running_or_notify_cancel():
+                    taken.append(request)  # type: ignore[arg-type]  # its options are ``options``
                     size += len(request.pairs)
+            kept.extend(queue.requests)
+            queue.requests = kept
             return taken
 
-    def _pending_pairs(self) -> int:
-        return sum(len(r.pairs) for r in self._queue.requests)
+    def _pending_pairs(self, options: _O) -> int:
+        return sum(len(r.pairs) for r in self._queue.requests if r.options == options)
 
-    def _execute(self, score: ScoreFn, batch: list[_Request]) -> None:
+    def _execute(self, score: ScoreFn[_O], options: _O, batch: list[_Request[_O]]) -> None:
         slots: dict[tuple[str, str], int] = {}
         positions = [[slots.setdefault(pair, len(slots)) for pair in r.pairs] for r in batch]
         try:
-            scores = score(list(slots))
+            scores = score(list(slots), options)
             if len(scores) != len(slots):
                 raise RuntimeError(f"backend returned {len(scores)} scores for {len(slots)} pairs")
         except BaseException as exc:  # KeyboardInterrupt or a Rust panic too: the worker must live on
@@ -223,7 +247,7 @@ class BatchScheduler:
                     "a batch of %d requests failed (%r); retrying them one by one", len(batch), exc
                 )
                 for request in batch:
-                    self._execute(score, [request])
+                    self._execute(score, options, [request])
             else:
                 batch[0].future.set_exception(exc)
             return

@@ -19,3 +19,10 @@ def model(model_dir: Path) -> str:
 def core(model: str) -> Reranker:
     """An unshared core reranker on the test model: the source of expected scores."""
     return Reranker(model)
+
+
+@pytest.fixture
+def own_model(own_model_dir: Path) -> str:
+    """The test model under a folder of this test's own, as a string: no other test's shared
+    reranker (whose engine adapters of any scoring options share) has loaded it."""
+    return str(own_model_dir)

@@ -299,9 +299,9 @@ def test_duplicate_ids_collapse_to_the_best_incoming_score(model_dir: Path) -> N
 
 
 def test_empty_documents_return_empty_without_loading(
-    model_dir: Path, from_pretrained_calls: list[str]
+    own_model_dir: Path, from_pretrained_calls: list[str]
 ) -> None:
-    ranker = BGERanker(model=model_dir, max_batch_tokens=4325)
+    ranker = BGERanker(model=own_model_dir, max_batch_tokens=4325)
     assert ranker.run(QUERY, []) == {"documents": []}
     assert not ranker.reranker.is_loaded
     assert from_pretrained_calls == []

@@ -187,11 +187,11 @@ def test_documents_without_id(model: str) -> None:
 
 
 @pytest.mark.asyncio
-async def test_empty_input_returns_empty_without_loading(model: str) -> None:
-    compressor = BGERerankCompressor(model=model, max_batch_tokens=1111)  # settings no other test uses
+async def test_empty_input_returns_empty_without_loading(own_model: str) -> None:
+    compressor = BGERerankCompressor(model=own_model, max_batch_tokens=1111)  # settings no other test uses
     assert compressor.compress_documents([], QUERY) == []
     assert await compressor.acompress_documents([], QUERY) == []
-    assert BGECrossEncoder(model=model, max_batch_tokens=1111).score([]) == []
+    assert BGECrossEncoder(model=own_model, max_batch_tokens=1111).score([]) == []
     assert not compressor.reranker.is_loaded
 
 
@@ -261,9 +261,9 @@ def test_model_settings_cannot_change_after_construction(model: str) -> None:
     assert len(compressor.compress_documents(make_docs(), QUERY)) == 1
 
 
-def test_construction_loads_nothing(model: str) -> None:
-    assert not BGERerankCompressor(model=model, max_batch_tokens=2222).reranker.is_loaded
-    assert not BGECrossEncoder(model=model, max_batch_tokens=2222).reranker.is_loaded
+def test_construction_loads_nothing(own_model: str) -> None:
+    assert not BGERerankCompressor(model=own_model, max_batch_tokens=2222).reranker.is_loaded
+    assert not BGECrossEncoder(model=own_model, max_batch_tokens=2222).reranker.is_loaded
 
 
 def test_settings_read_back_resolved(model: str) -> None:
@@ -545,8 +545,8 @@ def test_rerank_and_compress_documents_agree(model: str) -> None:
 
 
 @pytest.mark.asyncio
-async def test_rerank_of_nothing_loads_nothing(model: str) -> None:
-    compressor = BGERerankCompressor(model=model, max_batch_tokens=1112)  # settings no other test uses
+async def test_rerank_of_nothing_loads_nothing(own_model: str) -> None:
+    compressor = BGERerankCompressor(model=own_model, max_batch_tokens=1112)  # settings no other test uses
     assert compressor.rerank([], QUERY) == []
     assert await compressor.arerank([], QUERY, rank_fields=["content"]) == []
     assert not compressor.reranker.is_loaded

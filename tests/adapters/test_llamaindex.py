@@ -175,8 +175,8 @@ def test_is_a_node_postprocessor_named_bgererank(model: str) -> None:
     assert rerank.to_dict()["class_name"] == "BGERerank"
 
 
-def test_construction_loads_nothing(model: str, fresh_shared: None) -> None:
-    rerank = BGERerank(model=model, top_n=3)
+def test_construction_loads_nothing(own_model: str, fresh_shared: None) -> None:
+    rerank = BGERerank(model=own_model, top_n=3)
     assert rerank.reranker.is_loaded is False
 
 
@@ -477,10 +477,10 @@ def test_events_wrap_the_work(model: str, event_log: EventLog) -> None:
 
 
 def test_empty_input_returns_empty_without_loading(
-    model: str, fresh_shared: None, event_log: EventLog
+    own_model: str, fresh_shared: None, event_log: EventLog
 ) -> None:
     callbacks = CallbackLog()
-    rerank = BGERerank(model=model, callback_manager=CallbackManager([callbacks]))
+    rerank = BGERerank(model=own_model, callback_manager=CallbackManager([callbacks]))
     assert rerank.postprocess_nodes([], query_str=QUERY) == []
     assert rerank.reranker.is_loaded is False
     check_balanced(event_log, callbacks, [])
@@ -488,10 +488,10 @@ def test_empty_input_returns_empty_without_loading(
 
 @pytest.mark.asyncio
 async def test_empty_input_returns_empty_without_loading_async(
-    model: str, fresh_shared: None, event_log: EventLog
+    own_model: str, fresh_shared: None, event_log: EventLog
 ) -> None:
     callbacks = CallbackLog()
-    rerank = BGERerank(model=model, callback_manager=CallbackManager([callbacks]))
+    rerank = BGERerank(model=own_model, callback_manager=CallbackManager([callbacks]))
     assert await rerank.apostprocess_nodes([], query_str=QUERY) == []
     assert rerank.reranker.is_loaded is False
     check_balanced(event_log, callbacks, [])
@@ -531,8 +531,8 @@ async def test_async_matches_sync_inside_its_own_span(model: str, event_log: Eve
 
 
 @pytest.mark.asyncio
-async def test_async_does_not_block_the_event_loop(model: str, fresh_shared: None) -> None:
-    rerank = BGERerank(model=model)  # its first call loads the model: long enough to observe
+async def test_async_does_not_block_the_event_loop(own_model: str, fresh_shared: None) -> None:
+    rerank = BGERerank(model=own_model)  # its first call loads the model: long enough to observe
     ticks = 0
     done = False
 

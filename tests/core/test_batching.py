@@ -14,6 +14,7 @@ from hypothesis import strategies as st
 from bge_rerank_integrations import Reranker
 from bge_rerank_integrations.batching import padded_length, plan_batches, plan_packed_batches
 
+from .seams import cross_encoder, padded
 from .texts import LONG_PASSAGE, PASSAGES, QUERIES
 
 
@@ -74,17 +75,17 @@ def test_out_of_memory_splits_the_batch_and_retries(model_dir: Path, monkeypatch
     expected = Reranker(model_dir, device="cpu").score_pairs(pairs)
 
     reranker = Reranker(model_dir, device="cpu", max_batch_tokens=10**6).load()
-    backend = reranker._backend
-    real_forward = backend._forward  # type: ignore[attr-defined]
+    model = cross_encoder(reranker)  # this reranker's own view of the shared weights
+    real_forward = model.forward
     seen: list[int] = []
 
-    def forward_with_small_memory(batch: list[list[int]]) -> torch.Tensor:
+    def forward_with_small_memory(batch: list[list[int]], options: Any) -> torch.Tensor:
         seen.append(len(batch))
         if len(batch) > 6:
             raise torch.OutOfMemoryError("CUDA out of memory (injected)")
-        return real_forward(batch)
+        return real_forward(batch, options)
 
-    monkeypatch.setattr(backend, "_forward", forward_with_small_memory)
+    monkeypatch.setattr(model, "forward", forward_with_small_memory)
     assert reranker.score_pairs(pairs) == pytest.approx(expected, abs=1e-5)
     distinct = len(set(pairs))  # duplicates are scored once
     assert seen[0] == distinct  # the whole request was tried as one batch first
@@ -94,10 +95,10 @@ def test_out_of_memory_splits_the_batch_and_retries(model_dir: Path, monkeypatch
 def test_out_of_memory_on_a_single_pair_is_raised(model_dir: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     reranker = Reranker(model_dir, device="cpu").load()
 
-    def always_out_of_memory(batch: list[list[int]]) -> torch.Tensor:
+    def always_out_of_memory(batch: list[list[int]], options: Any) -> torch.Tensor:
         raise torch.OutOfMemoryError("CUDA out of memory (injected)")
 
-    monkeypatch.setattr(reranker._backend, "_forward", always_out_of_memory)
+    monkeypatch.setattr(cross_encoder(reranker), "forward", always_out_of_memory)
     with pytest.raises(torch.OutOfMemoryError):
         reranker.score(QUERIES[0], PASSAGES[:3])
     monkeypatch.undo()
@@ -121,13 +122,13 @@ def test_padding_free_and_padded_forward_agree(model_dir: Path) -> None:
     """The padding-free path (XLM-RoBERTa) and the transformers fallback give the same scores."""
     pairs = workload(120, seed=3)
     packed = Reranker(model_dir, device="cpu", max_batch_tokens=2048).load()
-    padded = Reranker(model_dir, device="cpu", max_batch_tokens=2048).load()
-    assert packed._backend._packed is not None  # type: ignore[attr-defined]
-    padded._backend._packed = None  # type: ignore[attr-defined]  # as for a model it does not support
+    fallback = padded(packed)
+    assert cross_encoder(packed).padding_free
+    assert not cross_encoder(fallback).padding_free
     # Two implementations summing in different orders: the parity bound (1e-4) used against the
     # reference forward, not the same-code batch-invariance bound (measured up to 1.25e-5 apart).
-    assert padded.score_pairs(pairs) == pytest.approx(packed.score_pairs(pairs), abs=1e-4)
-    stats = padded._backend.stats  # type: ignore[attr-defined]
+    assert fallback.score_pairs(pairs) == pytest.approx(packed.score_pairs(pairs), abs=1e-4)
+    stats = fallback.stats
     assert stats.computed_tokens > stats.real_tokens  # the fallback really padded
 
 
@@ -137,7 +138,8 @@ def test_linear_layer_library_and_attention_mode_do_not_change_scores(model_dir:
 
     pairs = workload(90, seed=5)
     default = Reranker(model_dir, device="cpu", max_batch_tokens=3000).load()
-    packed = default._backend._packed  # type: ignore[attr-defined]
+    packed = cross_encoder(default).packed
+    assert packed is not None
     rows: list[int] = []
     onednn_linear = packed.linear
 
@@ -150,7 +152,7 @@ def test_linear_layer_library_and_attention_mode_do_not_change_scores(model_dir:
     assert (onednn_linear is not torch.nn.functional.linear) == (_onednn_linears() is not None)
     assert rows
     assert all(n % 64 == 0 for n in rows)  # few distinct shapes for oneDNN's kernel cache
-    stats = default._backend.stats  # type: ignore[attr-defined]
+    stats = default.stats
     assert stats.real_tokens < stats.computed_tokens < stats.real_tokens + 64 * len(rows)  # spare rows count
     packed.linear = onednn_linear
     packed.attention = "padded"  # one masked attention call over spare rows too (the CUDA fallback)
@@ -177,10 +179,9 @@ def test_half_precision_padding_free_forward_agrees_with_transformers(
     """
     pairs = workload(60, seed=3)
     packed = Reranker(model_dir, device="cpu", dtype=dtype, max_batch_tokens=2048).load()
-    padded = Reranker(model_dir, device="cpu", dtype=dtype, max_batch_tokens=2048).load()
-    padded._backend._packed = None  # type: ignore[attr-defined]
-    expected = padded.score_pairs(pairs)
-    forward = packed._backend._packed  # type: ignore[attr-defined]
+    expected = padded(packed).score_pairs(pairs)
+    forward = cross_encoder(packed).packed
+    assert forward is not None
     assert forward.word.dtype == getattr(torch, dtype)
     forward.chunk_tokens = 512  # several chunks a batch (the default, 4k, exceeds these batches)
     assert packed.score_pairs(pairs) == pytest.approx(expected, abs=bound)
@@ -195,7 +196,8 @@ def test_last_layer_runs_on_each_pairs_first_row_only_and_scores_do_not_change(
     """The classifier reads each pair's <s> row, so the last layer computes only those (and all keys)."""
     pairs = workload(70, seed=7)
     reranker = Reranker(model_dir, device="cpu", max_batch_tokens=1500).load()
-    packed = reranker._backend._packed  # type: ignore[attr-defined]
+    packed = cross_encoder(reranker).packed
+    assert packed is not None
     packed.chunk_tokens = None  # one run through the layers a pass
     packed.attention = attention  # per-pair: the CPU's; padded: the CUDA path's, run here on CPU
     packed.first_rows_only = False
@@ -211,11 +213,10 @@ def test_last_layer_runs_on_each_pairs_first_row_only_and_scores_do_not_change(
 
     packed.linear, packed.linear_gelu = recording(packed.linear), recording(packed.linear_gelu)
     packed.first_rows_only = True
-    stats = reranker._backend.stats  # type: ignore[attr-defined]
-    passes = stats.forward_passes
+    passes = reranker.stats.forward_passes
     first_rows = reranker.score_pairs(pairs)
     assert first_rows == pytest.approx(every_row, abs=1e-5, rel=1e-5)
-    passes = stats.forward_passes - passes
+    passes = reranker.stats.forward_passes - passes
     # a layer: query/key/value, output, up, down; the last layer splits its queries from its keys and
     # values, and all but the keys and values run on one row a pair (rounded up like every pass)
     layers, hidden = len(packed.layers), packed.hidden

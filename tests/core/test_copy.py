@@ -16,6 +16,7 @@ from pathlib import Path
 import pytest
 
 from bge_rerank_integrations import Reranker, RerankerConfig, RerankResult
+from bge_rerank_integrations.config import ScoringOptions
 from bge_rerank_integrations.reranker import sigmoid
 
 from .texts import PASSAGES, QUERIES
@@ -77,7 +78,7 @@ class LengthBackend:
     def close(self) -> None:
         pass
 
-    def score_pairs(self, pairs: Sequence[tuple[str, str]]) -> list[float]:
+    def score_pairs(self, pairs: Sequence[tuple[str, str]], options: ScoringOptions) -> list[float]:
         return [float(len(q) - len(p)) for q, p in pairs]
 
 

@@ -21,6 +21,7 @@ import torch
 
 from bge_rerank_integrations import Reranker, RerankerConfig, RerankError
 from bge_rerank_integrations.backends.local import LocalBackend
+from bge_rerank_integrations.config import ScoringOptions
 
 from .texts import PASSAGES, QUERIES
 
@@ -58,7 +59,7 @@ class FaultyBackend:
     def close(self) -> None:
         self.inner.close()
 
-    def score_pairs(self, pairs: Sequence[tuple[str, str]]) -> list[float]:
+    def score_pairs(self, pairs: Sequence[tuple[str, str]], options: ScoringOptions) -> list[float]:
         self.batches.append(list(pairs))
         passages = [p for _, p in pairs]
         if GATE in passages:
@@ -66,7 +67,7 @@ class FaultyBackend:
             assert self.gate.wait(60)
         if POISON in passages and self.fault is not None:
             raise self.fault()
-        scores = self.inner.score_pairs(pairs)
+        scores = self.inner.score_pairs(pairs, options)
         return [math.nan if p == POISON else s for p, s in zip(passages, scores, strict=True)]
 
 

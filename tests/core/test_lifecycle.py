@@ -105,8 +105,9 @@ def test_close_closes_the_remote_connections() -> None:
         assert not rr.is_loaded
 
 
-def test_a_shared_reranker_stays_until_its_last_holder_closes_it(model_dir: Path) -> None:
-    settings = {"device": "cpu", "max_length": 96}  # settings no other test shares
+def test_a_shared_reranker_stays_until_its_last_holder_closes_it(own_model_dir: Path) -> None:
+    model_dir = own_model_dir  # a folder of its own: no other test's shared reranker uses its engine
+    settings = {"device": "cpu", "max_length": 96}
     expected = Reranker(model_dir, **settings).score(QUERY, PASSAGES[:3])
     first = Reranker.shared(model_dir, **settings)
     second = Reranker.shared(model_dir, **settings)
@@ -208,9 +209,9 @@ class Announcing:
         self.load, self.close = inner.load, inner.close
     is_loaded = property(lambda self: self.inner.is_loaded)
     pass_tokens = property(lambda self: self.inner.pass_tokens)
-    def score_pairs(self, pairs):
+    def score_pairs(self, pairs, options):
         self.started.set()
-        return self.inner.score_pairs(pairs)
+        return self.inner.score_pairs(pairs, options)
 
 def local(model):
     config = RerankerConfig(model=model, device="cpu")

@@ -11,6 +11,7 @@ import torch
 
 from bge_rerank_integrations import Reranker, RerankerConfig
 
+from .seams import cross_encoder
 from .test_batching import workload
 
 # Largest |logit - fp32 logit| allowed on the tiny test model (2 layers, hidden 64, wide random
@@ -29,12 +30,13 @@ def test_reduced_precision_stays_within_its_bound_of_fp32_and_keeps_clearly_sepa
     exact = Reranker(model_dir, device="cpu").score_pairs(pairs)
     reduced = Reranker(model_dir, device="cpu", dtype=dtype)
     scores = reduced.score_pairs(pairs)
-    backend = reduced._backend  # type: ignore[attr-defined]
+    packed = cross_encoder(reduced).packed
+    assert packed is not None
     if dtype == "int8":  # the linear layers really run quantized (not fp32 under another name)
-        assert backend._packed.int8
-        assert not isinstance(backend._packed.layers[0].up[0], torch.Tensor)
+        assert packed.int8
+        assert not isinstance(packed.layers[0].up[0], torch.Tensor)
     else:
-        assert backend._packed.word.dtype == torch.bfloat16
+        assert packed.word.dtype == torch.bfloat16
     deltas = [abs(a - b) for a, b in zip(scores, exact, strict=True)]
     assert max(deltas) <= BOUNDS[dtype]
     assert max(deltas) > 1e-3  # reduced precision, not fp32
@@ -106,4 +108,6 @@ def test_int8_reaches_the_core_through_every_adapter(model_dir: Path) -> None:
     ranker.warm_up()
     docs = ranker.run(query=query, documents=[Document(content=p) for p in passages])["documents"]
     assert sorted(d.score for d in docs) == pytest.approx(sorted(expected), abs=1e-6)
-    assert postprocessor.reranker._backend._packed.int8  # type: ignore[attr-defined]
+    packed = cross_encoder(postprocessor.reranker).packed
+    assert packed is not None
+    assert packed.int8

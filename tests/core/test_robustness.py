@@ -13,6 +13,7 @@ from hypothesis import strategies as st
 
 from bge_rerank_integrations import Reranker, RerankError
 
+from .seams import cross_encoder
 from .texts import PASSAGES, QUERIES
 
 QUERY = QUERIES[0]
@@ -92,7 +93,7 @@ def test_duplicates_keep_their_places(reranker: Reranker) -> None:
 def test_nan_from_a_broken_model_is_a_clear_error_and_the_core_recovers(model_dir: Path) -> None:
     reranker = Reranker(model_dir, device="cpu").load()
     healthy = reranker.score(QUERY, PASSAGES[:3])
-    classifier = reranker._backend._model.classifier.out_proj  # type: ignore[attr-defined]
+    classifier = cross_encoder(reranker).module.classifier.out_proj
     saved = classifier.bias.detach().clone()
     with torch.no_grad():
         classifier.bias.fill_(float("nan"))

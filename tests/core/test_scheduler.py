@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 
 from bge_rerank_integrations import Reranker, RerankError
+from bge_rerank_integrations.backends.queued import QueuedEngine
 from bge_rerank_integrations.scheduler import BatchScheduler
 
 from .texts import PASSAGES, QUERIES
@@ -26,7 +27,7 @@ class SlowFakeModel:
         self.lock = threading.Lock()
         self.started = threading.Event()
 
-    def __call__(self, pairs: list[tuple[str, str]]) -> list[float]:
+    def __call__(self, pairs: list[tuple[str, str]], options: object = None) -> list[float]:
         with self.lock:
             self.batches.append(list(pairs))
         self.started.set()
@@ -49,7 +50,7 @@ def test_concurrent_requests_share_batches_and_get_their_own_scores() -> None:
     scheduler = BatchScheduler([model])
     reqs = requests(32)
     with ThreadPoolExecutor(max_workers=32) as pool:
-        results = list(pool.map(lambda r: scheduler.submit(r).result(timeout=30), reqs))
+        results = list(pool.map(lambda r: scheduler.submit(r, None).result(timeout=30), reqs))
     assert results == [expected(r) for r in reqs]
     assert len(model.batches) < len(reqs) / 2  # coalesced into a few shared forward passes
     assert sorted(p for b in model.batches for p in b) == sorted(p for r in reqs for p in r)
@@ -58,9 +59,9 @@ def test_concurrent_requests_share_batches_and_get_their_own_scores() -> None:
 def test_identical_pairs_across_requests_are_scored_once() -> None:
     model = SlowFakeModel(delay=0.05)
     scheduler = BatchScheduler([model])
-    blocker = scheduler.submit([("warm", "up")])
+    blocker = scheduler.submit([("warm", "up")], None)
     model.started.wait(5)
-    futures = [scheduler.submit([("q", "same"), ("q", f"own {i}")]) for i in range(5)]
+    futures = [scheduler.submit([("q", "same"), ("q", f"own {i}")], None) for i in range(5)]
     assert [f.result(timeout=30) for f in futures] == [
         expected([("q", "same"), ("q", f"own {i}")]) for i in range(5)
     ]
@@ -71,24 +72,24 @@ def test_identical_pairs_across_requests_are_scored_once() -> None:
 def test_a_failing_request_fails_alone_with_its_own_error() -> None:
     model = SlowFakeModel(delay=0.05, fail_on="poison")
     scheduler = BatchScheduler([model])
-    blocker = scheduler.submit([("warm", "up")])
+    blocker = scheduler.submit([("warm", "up")], None)
     model.started.wait(5)
-    good = [scheduler.submit([("q", f"fine {i}")]) for i in range(4)]
-    bad = scheduler.submit([("q", "poison pill")])
+    good = [scheduler.submit([("q", f"fine {i}")], None) for i in range(4)]
+    bad = scheduler.submit([("q", "poison pill")], None)
     with pytest.raises(RuntimeError, match="model broke on 'poison'"):
         bad.result(timeout=30)
     assert [f.result(timeout=30) for f in good] == [expected([("q", f"fine {i}")]) for i in range(4)]
     blocker.result(timeout=30)
-    assert scheduler.submit([("q", "after")]).result(timeout=30) == expected([("q", "after")])
+    assert scheduler.submit([("q", "after")], None).result(timeout=30) == expected([("q", "after")])
 
 
 def test_a_request_cancelled_before_its_batch_is_never_scored() -> None:
     model = SlowFakeModel(delay=0.1)
     scheduler = BatchScheduler([model])
-    blocker = scheduler.submit([("warm", "up")])
+    blocker = scheduler.submit([("warm", "up")], None)
     model.started.wait(5)
-    cancelled = scheduler.submit([("q", "cancelled")])
-    kept = scheduler.submit([("q", "kept")])
+    cancelled = scheduler.submit([("q", "cancelled")], None)
+    kept = scheduler.submit([("q", "kept")], None)
     assert cancelled.cancel()
     assert kept.result(timeout=30) == expected([("q", "kept")])
     blocker.result(timeout=30)
@@ -98,18 +99,18 @@ def test_a_request_cancelled_before_its_batch_is_never_scored() -> None:
 def test_max_wait_gathers_a_burst_into_one_batch() -> None:
     model = SlowFakeModel(delay=0.0)
     scheduler = BatchScheduler([model], max_wait=0.2, max_pairs=10**6)
-    futures = [scheduler.submit([("q", str(i))]) for i in range(10)]
+    futures = [scheduler.submit([("q", str(i))], None) for i in range(10)]
     assert [f.result(timeout=30) for f in futures] == [expected([("q", str(i))]) for i in range(10)]
     assert len(model.batches) == 1
 
 
 def test_a_replica_with_a_cap_of_one_pair_takes_one_request_at_a_time() -> None:
     model = SlowFakeModel(delay=0.05)
-    scheduler = BatchScheduler([model], max_pairs=[lambda: 1])
-    blocker = scheduler.submit([("warm", "up")])
+    scheduler = BatchScheduler([model], max_pairs=[lambda _: 1])
+    blocker = scheduler.submit([("warm", "up")], None)
     model.started.wait(5)
     reqs = requests(6)
-    futures = [scheduler.submit(r) for r in reqs]  # all queued while the first pass runs
+    futures = [scheduler.submit(r, None) for r in reqs]  # all queued while the first pass runs
     assert [f.result(timeout=30) for f in futures] == [expected(r) for r in reqs]
     blocker.result(timeout=30)
     assert model.batches[1:] == reqs  # one request per pass, in arrival order
@@ -118,11 +119,11 @@ def test_a_replica_with_a_cap_of_one_pair_takes_one_request_at_a_time() -> None:
 def test_the_cap_is_read_again_for_every_batch() -> None:
     model = SlowFakeModel(delay=0.05)
     caps = iter([1, 1, 10**6])
-    scheduler = BatchScheduler([model], max_pairs=[lambda: next(caps, 10**6)])
-    blocker = scheduler.submit([("warm", "up")])
+    scheduler = BatchScheduler([model], max_pairs=[lambda _: next(caps, 10**6)])
+    blocker = scheduler.submit([("warm", "up")], None)
     model.started.wait(5)
     reqs = [[("q", f"request {i}")] for i in range(5)]
-    futures = [scheduler.submit(r) for r in reqs]  # all queued while the first pass runs
+    futures = [scheduler.submit(r, None) for r in reqs]  # all queued while the first pass runs
     assert [f.result(timeout=30) for f in futures] == [expected(r) for r in reqs]
     blocker.result(timeout=30)
     assert model.batches[1:] == [reqs[0], [p for r in reqs[1:] for p in r]]  # cap 1, then unbounded
@@ -130,7 +131,7 @@ def test_the_cap_is_read_again_for_every_batch() -> None:
 
 def test_max_pairs_must_fit_the_replicas() -> None:
     with pytest.raises(ValueError, match="1 entries for 2 replicas"):
-        BatchScheduler([SlowFakeModel(), SlowFakeModel()], max_pairs=[lambda: 8])
+        BatchScheduler([SlowFakeModel(), SlowFakeModel()], max_pairs=[lambda _: 8])
     with pytest.raises(ValueError, match="positive"):
         BatchScheduler([SlowFakeModel()], max_pairs=0)
     with pytest.raises(TypeError, match="one function per replica"):
@@ -142,7 +143,7 @@ def test_several_replicas_share_one_queue() -> None:
     scheduler = BatchScheduler(models, max_pairs=3)
     reqs = requests(40)
     with ThreadPoolExecutor(max_workers=16) as pool:
-        results = list(pool.map(lambda r: scheduler.submit(r).result(timeout=30), reqs))
+        results = list(pool.map(lambda r: scheduler.submit(r, None).result(timeout=30), reqs))
     assert results == [expected(r) for r in reqs]
     assert all(m.batches for m in models)  # both replicas did work
 
@@ -204,12 +205,11 @@ def test_on_cpu_queued_requests_share_a_pass_only_up_to_one_cpu_chunk(model_dir:
     # Two cores are saturated by about 2k tokens: grouping more small requests into one pass would
     # only make the first of them wait for the last (benchmarks/RESULTS.md, cross-request batching).
     reranker = Reranker(model_dir, device="cpu", max_length=128).load()
-    backend = reranker._backend
     calls = [(QUERIES[0], [f"{PASSAGES[i % 5]} {i} {j}" for j in range(10)]) for i in range(8)]
-    before = backend.stats.forward_passes
+    before = reranker.stats.forward_passes
     with ThreadPoolExecutor(max_workers=8) as pool:
         results = list(pool.map(lambda c: reranker.score(*c), calls))
-    assert backend.stats.forward_passes - before >= 4  # at most two 10-pair requests per pass
+    assert reranker.stats.forward_passes - before >= 4  # at most two 10-pair requests per pass
     for call, got in zip(calls, results, strict=True):
         assert got == pytest.approx(reranker.score(*call), abs=1e-5, rel=1e-5)
 
@@ -222,7 +222,8 @@ def test_a_list_of_devices_runs_one_replica_per_device(model_dir: Path, workload
     calls = [workload[i % len(workload)] for i in range(60)]
     with ThreadPoolExecutor(max_workers=12) as pool:
         results = list(pool.map(lambda c: replicated.score(*c), calls))
-    assert len(replicated._backends) == 2
+    assert isinstance(replicated.engine, QueuedEngine)
+    assert len(replicated.engine.backends) == 2
     assert replicated.is_loaded  # each replica loads on its first batch: both took work
     for call, got in zip(calls, results, strict=True):
         assert got == pytest.approx(single.score(*call), abs=1e-5, rel=1e-5)
@@ -240,7 +241,7 @@ def _workers() -> set[threading.Thread]:
 
 
 def test_a_base_exception_in_a_shared_batch_reaches_only_its_caller_and_the_worker_lives_on() -> None:
-    def score(pairs: list[tuple[str, str]]) -> list[float]:
+    def score(pairs: list[tuple[str, str]], options: None) -> list[float]:
         batches.append(len(pairs))
         for _, passage in pairs:
             if passage == "interrupt":
@@ -252,11 +253,11 @@ def test_a_base_exception_in_a_shared_batch_reaches_only_its_caller_and_the_work
     batches: list[int] = []
     model = SlowFakeModel(delay=0.05)
     scheduler = BatchScheduler([score])
-    blocker = scheduler.submit([("warm", "up")])
+    blocker = scheduler.submit([("warm", "up")], None)
     model.started.wait(5)
-    good = [scheduler.submit([("q", f"fine {i}")]) for i in range(3)]
-    interrupted = scheduler.submit([("q", "interrupt")])
-    panicked = scheduler.submit([("q", "panic")])
+    good = [scheduler.submit([("q", f"fine {i}")], None) for i in range(3)]
+    interrupted = scheduler.submit([("q", "interrupt")], None)
+    panicked = scheduler.submit([("q", "panic")], None)
     with pytest.raises(KeyboardInterrupt):
         interrupted.result(timeout=30)
     with pytest.raises(Panic, match="tokenizer panicked"):
@@ -264,13 +265,13 @@ def test_a_base_exception_in_a_shared_batch_reaches_only_its_caller_and_the_work
     assert [f.result(timeout=30) for f in good] == [expected([("q", f"fine {i}")]) for i in range(3)]
     blocker.result(timeout=30)
     assert batches[1] == 5  # the five requests queued behind the blocker shared one batch
-    assert scheduler.submit([("q", "after")]).result(timeout=30) == expected([("q", "after")])
+    assert scheduler.submit([("q", "after")], None).result(timeout=30) == expected([("q", "after")])
 
 
 def test_a_scheduler_nobody_references_ends_its_workers() -> None:
     before = _workers()
     scheduler = BatchScheduler([SlowFakeModel(delay=0.0), SlowFakeModel(delay=0.0)])
-    assert scheduler.submit([("q", "a")]).result(timeout=30) == expected([("q", "a")])
+    assert scheduler.submit([("q", "a")], None).result(timeout=30) == expected([("q", "a")])
     started = _workers() - before
     assert len(started) == 2
     del scheduler
@@ -284,9 +285,9 @@ def test_close_serves_the_queued_requests_then_refuses_new_ones() -> None:
     model = SlowFakeModel(delay=0.05)
     scheduler = BatchScheduler([model])
     before = _workers()
-    blocker = scheduler.submit([("warm", "up")])
+    blocker = scheduler.submit([("warm", "up")], None)
     model.started.wait(5)
-    queued = [scheduler.submit([("q", f"queued {i}")]) for i in range(3)]
+    queued = [scheduler.submit([("q", f"queued {i}")], None) for i in range(3)]
     started = _workers() - before
     scheduler.close()  # returns once the workers have ended
     assert all(f.done() for f in [blocker, *queued])
@@ -294,5 +295,5 @@ def test_close_serves_the_queued_requests_then_refuses_new_ones() -> None:
     assert started
     assert not any(worker.is_alive() for worker in started)
     with pytest.raises(RerankError, match="closed"):
-        scheduler.submit([("q", "late")])
+        scheduler.submit([("q", "late")], None)
     scheduler.close()  # idempotent

@@ -16,6 +16,7 @@ import transformers
 from bge_rerank_integrations import Reranker
 from bge_rerank_integrations.backends.local import resolve_device
 
+from .seams import cross_encoder
 from .texts import PASSAGES, QUERIES
 
 QUERY = QUERIES[0]
@@ -66,7 +67,7 @@ def alone(folder: Path, **settings: Any) -> list[float]:
 def weights_of(rr: Reranker) -> Any:
     """The loaded transformers model of ``rr`` (loading it), as the test of freeing needs a weakref to it."""
     rr.load()
-    return rr._backend._model  # type: ignore[attr-defined]
+    return cross_encoder(rr).module
 
 
 def collected(ref: weakref.ref[Any]) -> bool:

@@ -65,8 +65,8 @@ class Backend(Protocol):
         """Make the backend ready; idempotent and safe to call from several threads."""
         ...
 
-    def score_pairs(self, pairs: Sequence[tuple[str, str]]) -> list[float]:
-        """Raw relevance logits of ``pairs``, in input order, as plain floats."""
+    def score_pairs(self, pairs: Sequence[tuple[str, str]], options: ScoringOptions) -> list[float]:
+        """Raw relevance logits of ``pairs`` scored under ``options``, in input order, as plain floats."""
         ...
 
     def close(self) -> None:

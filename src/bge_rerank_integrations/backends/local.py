@@ -1,18 +1,15 @@
-"""The local backend: a ``transformers`` cross-encoder run with torch (with ``backends.packed``, the
-only modules importing torch).
+"""The local backend: a model kind (``kinds``: loading, pair layout, forward) run with torch on one device.
 
-Pairs (made distinct by the ``Reranker``'s queue) are tokenized in one batched call, sorted by length
-and cut into batches under a token budget. XLM-RoBERTa models (bge-reranker-v2-m3) run padding-free
-(``backends.packed``: no pad tokens; on CPU at most 63 spare rows a pass); other models run padded
-batches, where the budget counts padded tokens. Each batch runs once, in fp16 on CUDA and fp32 on
-CPU by default; logits come back as fp32, in input order, copied to the host once a call. A CUDA
+Pairs (made distinct by the queue) become the kind's rows, sorted by length and cut into batches under
+the call's token budget: real tokens where the kind's forward is padding-free (the XLM-RoBERTa
+cross-encoder's), padded tokens otherwise. Each batch runs once, in fp16 on CUDA and fp32 on CPU by
+default; logits come back as fp32, in input order, copied to the host once a call. A CUDA
 out-of-memory error splits the batch in two and retries instead of failing the call. Backends whose
 settings load the same weights (``backends.weights``) share one copy of them and one device lock.
 """
 
 from __future__ import annotations
 
-import copy
 import functools
 import itertools
 import logging
@@ -24,31 +21,23 @@ from typing import TYPE_CHECKING, Any
 
 from bge_rerank_integrations.backends.model_source import check_model_name, load_error_message
 from bge_rerank_integrations.backends.weights import LoadedWeights, WeightsKey, shared_weights
-from bge_rerank_integrations.batching import padded_length, plan_batches, plan_packed_batches
-from bge_rerank_integrations.config import RerankerConfig
+from bge_rerank_integrations.batching import plan_batches, plan_packed_batches
+from bge_rerank_integrations.config import RerankerConfig, ScoringOptions
 from bge_rerank_integrations.errors import ModelLoadError
-from bge_rerank_integrations.tokenization import PairEncoder
+from bge_rerank_integrations.kinds import ModelView, kind_for
+from bge_rerank_integrations.kinds.cross_encoder import cpu_chunk_tokens
 
 if TYPE_CHECKING:
     import torch
 
-    from bge_rerank_integrations.backends.packed import PackedForward
+    from bge_rerank_integrations.kinds.base import LoadedModel
 
-__all__ = ["ForwardStats", "LocalBackend", "available_devices", "resolve_device"]
+__all__ = ["NO_PASS_LIMIT", "ForwardStats", "LocalBackend", "available_devices", "resolve_device"]
 
 logger = logging.getLogger(__name__)
 
-# On CPU the padding-free forward runs a batch in parts of about this many tokens, so that the
-# activations stay in the cache between the matrix multiplies: 2k tokens in fp32 and int8, 4k in
-# bf16/fp16 (best of 1k-16k on the reduced subject, benchmarks/RESULTS.md).
-_CPU_CHUNK_TOKENS = {"float32": 2048, "half": 4096, "int8": 2048}
-
-
-def _cpu_chunk_tokens(dtype: str) -> int:
-    """The CPU chunk size of the padding-free forward for a configured ``dtype`` (``"auto"`` is fp32)."""
-    return _CPU_CHUNK_TOKENS[
-        dtype if dtype == "int8" else "float32" if dtype in ("auto", "float32") else "half"
-    ]
+NO_PASS_LIMIT = 1 << 40
+"""``pass_tokens`` of a device that a pass of any batch budget keeps busy (GPUs)."""
 
 
 @dataclass
@@ -130,23 +119,28 @@ def _why_unavailable(device: torch.device) -> str:
 
 
 class LocalBackend:
-    """Loads the model with ``transformers`` on first use and scores pairs on one device."""
+    """One model replica: loads its model kind on first use and scores pairs on one device.
 
-    def __init__(self, config: RerankerConfig, device: str | None = None) -> None:
+    The kind (:mod:`~bge_rerank_integrations.kinds`) owns the pair layout and the forward; this
+    backend does what every kind shares: batches by length under the call's token budget, each batch
+    run once, an out-of-memory split, the window maximum, input order and the forward statistics.
+    """
+
+    def __init__(
+        self, config: RerankerConfig, device: str | None = None, *, padding_free: bool | None = None
+    ) -> None:
         """Store the settings; nothing is loaded until :meth:`load` or the first score.
 
-        ``device`` picks this replica's device when ``config.device`` lists several.
+        ``device`` picks this replica's device when ``config.device`` lists several. ``padding_free``:
+        ``None`` runs the padding-free forward where the model allows it, ``False`` always padded
+        batches (the ``transformers`` forward), ``True`` padding-free or a ``ValueError`` at load.
         """
         self.config = config
+        self.padding_free = padding_free
         self._device_name = device if device is not None else _single_device(config.device)
         self._load_lock = threading.Lock()
         self._device_lock = threading.Lock()  # one forward pass at a time on the device
-        self._model: Any = None
-        self._encoder: PairEncoder | None = None
-        self._device: torch.device | None = None
-        self._pad_id = 0
-        self._multiple = 1
-        self._packed: PackedForward | None = None
+        self._model: LoadedModel | None = None
         self._weights: LoadedWeights | None = None
         self.stats = ForwardStats()
 
@@ -156,25 +150,38 @@ class LocalBackend:
         return self._model is not None
 
     @property
+    def model(self) -> LoadedModel:
+        """This backend's view of the loaded model (loads it if needed): shared weights, own tuning."""
+        self.load()
+        model = self._model
+        assert model is not None
+        return model
+
+    @property
     def device(self) -> torch.device:
         """The device the model runs on (loads the model if needed)."""
-        self.load()
-        assert self._device is not None
-        return self._device
+        return self.model.device
 
     @property
     def pass_tokens(self) -> int:
-        """On CPU one chunk (about 2k tokens already keep the cores busy); elsewhere the batch budget."""
+        """On CPU one chunk (about 2k tokens already keep the cores busy); elsewhere no bound of the
+        device's own (:data:`NO_PASS_LIMIT`): the call's batch budget decides."""
         try:
-            device = self._device if self._device is not None else resolve_device(self._device_name)
+            device = self._model.device if self._model is not None else resolve_device(self._device_name)
         except ValueError:  # an invalid device name is reported by load(), with the model's context
-            return self.config.max_batch_tokens
+            return NO_PASS_LIMIT
         if device.type != "cpu":
-            return self.config.max_batch_tokens
-        return min(_cpu_chunk_tokens(self.config.dtype), self.config.max_batch_tokens)
+            return NO_PASS_LIMIT
+        return cpu_chunk_tokens(self.config.dtype)
 
     def load(self) -> None:
-        """Load tokenizer and weights once; later calls return at once."""
+        """Load tokenizer and weights once; later calls return at once.
+
+        Raises:
+            ModelLoadError: the model cannot be found, or no model kind serves its architecture.
+            ValueError: the settings' scoring options do not fit the model (``max_length``), or
+                ``padding_free=True`` and it cannot run padding-free.
+        """
         if self._model is not None:
             return
         with self._load_lock:
@@ -186,19 +193,11 @@ class LocalBackend:
         device = resolve_device(self._device_name)
         # Backends that differ only in how they score share the weights loaded for the first of them.
         weights = shared_weights(_weights_key(cfg, device), functools.partial(_load_weights, cfg, device))
-        _check_max_length(cfg.max_length, weights.position_limit)
-        self._encoder = weights.encoder.with_lengths(
-            max_length=cfg.max_length, query_max_length=cfg.resolved_query_max_length
-        )
-        self._pad_id = weights.pad_id
-        self._multiple = 8 if device.type == "cuda" else 1
-        # A view of the shared padding-free forward: its tuning (chunk size, attention) is this
-        # backend's own, its weights are the shared ones.
-        self._packed = copy.copy(weights.packed)
+        model = _view(weights.model, self.padding_free)
+        model.encode([], cfg.scoring)  # refuses options the model cannot score (a max_length too long)
         self._device_lock = weights.lock  # one forward pass at a time on these weights, for all users
-        self._device = weights.device
         self._weights = weights
-        self._model = weights.model  # last: marks the backend as loaded
+        self._model = model  # last: marks the backend as loaded
 
     def close(self) -> None:
         """Drop this backend's hold on the weights and tokenizer (a later call loads them again); idempotent.
@@ -208,160 +207,123 @@ class LocalBackend:
         """
         with self._load_lock, self._device_lock:
             model, self._model = self._model, None
-            device, self._device = self._device, None
             self._weights = None  # the weights go once no other backend refers to them
-            self._encoder = None
-            self._packed = None
-        if model is not None and device is not None and device.type == "cuda":
+        if model is not None and model.device.type == "cuda":
             import torch
 
             del model
             torch.cuda.empty_cache()
 
-    def score_pairs(self, pairs: Sequence[tuple[str, str]]) -> list[float]:
-        """Raw logits of ``pairs`` in input order; each batch runs exactly once."""
+    def check(self, options: ScoringOptions) -> None:
+        """Load the model if needed and raise ``ValueError`` if it cannot score under ``options``."""
+        self.model.encode([], options)
+
+    def encode(self, pairs: Sequence[tuple[str, str]], options: ScoringOptions) -> list[list[int]]:
+        """The token ids this backend scores for ``pairs`` under ``options``: one list per pair, or in
+        ``long_passages="window"`` mode one per window, the pairs' windows in order."""
+        return [list(row) for row in self.model.encode(pairs, options).rows]
+
+    def score_pairs(self, pairs: Sequence[tuple[str, str]], options: ScoringOptions) -> list[float]:
+        """Raw logits of ``pairs`` in input order, scored under ``options``; each batch runs exactly once."""
         import torch
 
         if not pairs:
             return []
-        self.load()
-        assert self._encoder is not None
-        cfg = self.config
-        if cfg.long_passages == "window":
-            ids, owners = self._encoder.encode_windows(
-                pairs, overlap=cfg.resolved_window_overlap, max_windows=cfg.max_windows
-            )
+        model = self.model
+        encoded = model.encode(pairs, options)
+        rows, lengths = encoded.rows, list(encoded.lengths)
+        if model.padding_free:  # no padding: a batch costs its real tokens
+            plan = plan_packed_batches(lengths, options.max_batch_tokens)
         else:
-            ids, owners = self._encoder.encode(pairs), None
-        scores: list[float] = [0.0] * len(ids)
-        lengths = [len(x) for x in ids]
-        if self._packed is not None:  # no padding: a batch costs its real tokens
-            plan = plan_packed_batches(lengths, cfg.max_batch_tokens)
-        else:
-            plan = plan_batches(lengths, cfg.max_batch_tokens, multiple=self._multiple)
+            multiple = 8 if model.device.type == "cuda" else 1
+            plan = plan_batches(lengths, options.max_batch_tokens, multiple=multiple)
         # Logits stay on the device until every batch is queued: on a GPU the host prepares the next
         # batch while the device still runs the last one, and the call waits for the device once.
-        logits = [self._run_splitting([ids[i] for i in batch]) for batch in plan]
+        logits = [self._run_splitting(model, [rows[i] for i in batch], options) for batch in plan]
         values: list[float] = torch.cat(logits).cpu().tolist()
+        scores: list[float] = [0.0] * len(rows)
         for i, score in zip(itertools.chain.from_iterable(plan), values, strict=True):
             scores[i] = score
-        if owners is None:
+        if encoded.owners is None:
             return scores
         best = [-math.inf] * len(pairs)  # a passage scores as its most relevant window
-        for owner, score in zip(owners, scores, strict=True):
+        for owner, score in zip(encoded.owners, scores, strict=True):
             best[owner] = max(best[owner], score)
         return best
 
-    def _run_splitting(self, batch: list[list[int]]) -> torch.Tensor:
+    def _run_splitting(self, model: LoadedModel, batch: list[Any], options: ScoringOptions) -> torch.Tensor:
         """Forward ``batch``; on out-of-memory, halve it and retry each half."""
         import torch
 
         try:
-            return self._forward(batch)
+            return self._forward(model, batch, options)
         except torch.OutOfMemoryError:
             if len(batch) == 1:
                 raise
             logger.warning("out of memory on a batch of %d pairs; splitting it and retrying", len(batch))
-            if self._device is not None and self._device.type == "cuda":
+            if model.device.type == "cuda":
                 torch.cuda.empty_cache()
             half = len(batch) // 2
-            return torch.cat([self._run_splitting(batch[:half]), self._run_splitting(batch[half:])])
+            return torch.cat(
+                [
+                    self._run_splitting(model, batch[:half], options),
+                    self._run_splitting(model, batch[half:], options),
+                ]
+            )
 
-    def _forward(self, batch: list[list[int]]) -> torch.Tensor:
-        """One forward pass, padding-free where the model allows, else over right-padded ids.
-
-        Returns the fp32 logits ``[len(batch)]``, still on the device.
-        """
+    def _forward(self, model: LoadedModel, batch: list[Any], options: ScoringOptions) -> torch.Tensor:
+        """One pass of the kind's forward, one at a time on these weights; fp32 logits on the device."""
         import torch
 
         real = sum(len(x) for x in batch)
-        if self._packed is not None:
-            with self._device_lock, torch.inference_mode():
-                packed = self._packed(batch)
-                computed = self._packed.computed_rows
-            self._count(len(batch), real, computed)
-            return packed
-        width = padded_length(max(len(x) for x in batch), self._multiple)
-        padded = [x + [self._pad_id] * (width - len(x)) for x in batch]
-        mask = [[1] * len(x) + [0] * (width - len(x)) for x in batch]
-        input_ids = torch.tensor(padded, dtype=torch.long)
-        attention_mask = torch.tensor(mask, dtype=torch.long)
-        device = self._device
-        assert device is not None
-        if device.type == "cuda":
-            input_ids = input_ids.pin_memory().to(device, non_blocking=True)
-            attention_mask = attention_mask.pin_memory().to(device, non_blocking=True)
-        elif device.type != "cpu":
-            input_ids, attention_mask = input_ids.to(device), attention_mask.to(device)
         with self._device_lock, torch.inference_mode():
-            logits = self._model(input_ids=input_ids, attention_mask=attention_mask).logits[:, 0].float()
-        self._count(len(batch), real, width * len(batch))
-        return logits  # type: ignore[no-any-return]
-
-    def _count(self, pairs: int, real: int, computed: int) -> None:
+            logits = model.forward(batch, options)
+            if isinstance(model, ModelView):
+                computed = model.last_computed_tokens
+            else:
+                computed = real if model.padding_free else len(batch) * max(len(x) for x in batch)
         stats = self.stats
-        stats.pairs += pairs
+        stats.pairs += len(batch)
         stats.real_tokens += real
         stats.computed_tokens += computed
         stats.forward_passes += 1
+        return logits
+
+
+def _view(model: LoadedModel, padding_free: bool | None) -> LoadedModel:
+    """``model`` as one backend runs it (see ``LocalBackend(padding_free=...)``)."""
+    if isinstance(model, ModelView):
+        return model.view(padding_free)
+    if padding_free is not None and padding_free != model.padding_free:
+        mode = "padding-free" if model.padding_free else "padded"
+        raise ValueError(f"padding_free={padding_free}, but this model kind runs {mode} batches only")
+    return model
 
 
 def _load_weights(cfg: RerankerConfig, device: torch.device) -> LoadedWeights:
-    """Load tokenizer and weights of ``cfg`` onto ``device`` (what :func:`shared_weights` shares)."""
+    """Load the model of ``cfg`` onto ``device`` with its kind (what :func:`shared_weights` shares)."""
     check_model_name(cfg.model, cache_dir=cfg.cache_dir, revision=cfg.revision)  # before the hub
 
-    from transformers import AutoConfig, AutoModelForSequenceClassification, AutoTokenizer
+    from transformers import PretrainedConfig
 
     if cfg.dtype == "int8" and device.type != "cpu":
         raise ValueError(
             f"dtype='int8' runs on CPU only (dynamic int8 linear layers); on {device} use 'float16' "
             "(the default there) or 'bfloat16'"
         )
-    dtype = _torch_dtype(cfg.dtype, device)
-    hub_kwargs: dict[str, Any] = {
-        "revision": cfg.revision,
-        "token": cfg.token,
-        "cache_dir": cfg.cache_dir,
-        "local_files_only": cfg.local_files_only,
-        "trust_remote_code": cfg.trust_remote_code,
-    }
     try:
-        # The config first: it is small, and a wrong model or max_length fails before 2 GB load.
-        model_cfg = AutoConfig.from_pretrained(cfg.model, **hub_kwargs)
+        # The raw config.json first: it is small, and a model no kind serves fails before it loads.
+        raw, _ = PretrainedConfig.get_config_dict(
+            cfg.model,
+            revision=cfg.revision,
+            token=cfg.token,
+            cache_dir=cfg.cache_dir,
+            local_files_only=cfg.local_files_only,
+        )
     except (OSError, ValueError, KeyError) as exc:  # hub, file and config errors all land here
         raise ModelLoadError(_load_error_message(cfg, exc)) from exc
-    if getattr(model_cfg, "num_labels", None) != 1:
-        raise ModelLoadError(
-            f"{cfg.model!r} has {model_cfg.num_labels} output labels; a reranker (cross-encoder) "
-            "has exactly one relevance logit"
-        )
-    limit = _position_limit(model_cfg)
-    _check_max_length(cfg.max_length, limit)
-    try:
-        tokenizer = AutoTokenizer.from_pretrained(cfg.model, **hub_kwargs)
-        model = AutoModelForSequenceClassification.from_pretrained(
-            cfg.model, config=model_cfg, dtype=dtype, **hub_kwargs
-        )
-    except (OSError, ValueError, KeyError, RuntimeError) as exc:  # missing or mismatched files
-        raise ModelLoadError(_load_error_message(cfg, exc)) from exc
-
-    encoder = PairEncoder.from_transformers(
-        tokenizer, max_length=cfg.max_length, query_max_length=cfg.resolved_query_max_length
-    )
-    pad_id = tokenizer.pad_token_id
-    model.to(device)
-    model.eval()
-    packed = _packed_forward(model, device, cfg.dtype)
-    logger.info("loaded %s on %s in %s", cfg.model, device, dtype)
-    return LoadedWeights(
-        model=model,
-        tokenizer=tokenizer,
-        encoder=encoder,
-        device=device,
-        pad_id=int(pad_id) if pad_id is not None else 0,
-        packed=packed,
-        position_limit=limit,
-    )
+    kind = kind_for(raw, cfg.model)
+    return LoadedWeights(model=kind.load(cfg.load_settings, device, _torch_dtype(cfg.dtype, device)))
 
 
 def _weights_key(cfg: RerankerConfig, device: torch.device) -> WeightsKey:
@@ -399,30 +361,6 @@ def _dtype_name(name: str, device: torch.device) -> str:
     return name
 
 
-def _check_max_length(max_length: int, limit: int | None) -> None:
-    if limit is not None and max_length > limit:
-        raise ValueError(f"max_length={max_length} exceeds the model's limit of {limit} tokens")
-
-
-def _packed_forward(model: Any, device: torch.device, dtype: str) -> PackedForward | None:
-    """The padding-free forward for ``model``, or ``None`` (with the reason logged) if it does not fit.
-
-    ``dtype`` is the configured one; ``"int8"`` needs this forward (it quantizes its linear layers).
-    """
-    from bge_rerank_integrations.backends.packed import PackedForward, packed_support
-
-    reason = packed_support(model)
-    if reason is not None:
-        if dtype == "int8":
-            raise ValueError(
-                f"dtype='int8' needs the padding-free forward, which this model cannot use: {reason}"
-            )
-        logger.info("using padded forward passes: %s", reason)
-        return None
-    chunk = _cpu_chunk_tokens(dtype) if device.type == "cpu" else None
-    return PackedForward(model, chunk_tokens=chunk, int8=dtype == "int8")
-
-
 def _single_device(device: str | tuple[str, ...] | None) -> str | None:
     if isinstance(device, tuple):
         if len(device) != 1:
@@ -448,13 +386,3 @@ def _torch_dtype(name: str, device: torch.device) -> torch.dtype:
         return torch.float32
     dtype: torch.dtype = getattr(torch, name)
     return dtype
-
-
-def _position_limit(model_config: Any) -> int | None:
-    """Longest input the position embeddings allow (RoBERTa-style models reserve pad_id + 1 slots)."""
-    positions = getattr(model_config, "max_position_embeddings", None)
-    if positions is None:
-        return None
-    if "roberta" in str(getattr(model_config, "model_type", "")):
-        return int(positions) - int(getattr(model_config, "pad_token_id", 1) or 0) - 1
-    return int(positions)

@@ -11,13 +11,10 @@ import threading
 import weakref
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
-    import torch
-
-    from bge_rerank_integrations.backends.packed import PackedForward
-    from bge_rerank_integrations.tokenization import PairEncoder
+    from bge_rerank_integrations.kinds.base import LoadedModel
 
 __all__ = ["LoadedWeights", "WeightsKey", "shared_weights"]
 
@@ -44,17 +41,8 @@ class WeightsKey:
 class LoadedWeights:
     """A model ready to score on its device, shared by every backend of its :class:`WeightsKey`."""
 
-    model: Any
-    """The ``transformers`` sequence classifier, in eval mode on ``device``."""
-    tokenizer: Any
-    encoder: PairEncoder
-    """The pair encoder of the first loader's lengths; others take :meth:`~.PairEncoder.with_lengths`."""
-    device: torch.device
-    pad_id: int
-    packed: PackedForward | None
-    """The padding-free forward, or ``None`` where the model runs padded batches."""
-    position_limit: int | None
-    """Longest pair the model's position embeddings allow (``None``: no limit known)."""
+    model: LoadedModel
+    """The model kind's loaded model; each backend runs its own view of it (``ModelView.view``)."""
     lock: threading.Lock = field(default_factory=threading.Lock)
     """Held for each forward pass, so that passes on these weights run one at a time."""
 

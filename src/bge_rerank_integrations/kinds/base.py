@@ -11,14 +11,14 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, ClassVar, Protocol
+from typing import TYPE_CHECKING, Any, ClassVar, Protocol, runtime_checkable
 
 if TYPE_CHECKING:
     import torch
 
     from bge_rerank_integrations.config import LoadSettings, ScoringOptions
 
-__all__ = ["Encoded", "LoadedModel", "ModelKind"]
+__all__ = ["Encoded", "LoadedModel", "ModelKind", "ModelView"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -61,6 +61,27 @@ class LoadedModel(Protocol):
     def forward(self, rows: Sequence[Any], options: ScoringOptions) -> torch.Tensor:
         """One pass over ``rows`` (taken from :attr:`Encoded.rows`): fp32 logits ``[len(rows)]``, on
         the device. May raise ``torch.OutOfMemoryError`` (the backend then splits the batch)."""
+        ...
+
+
+@runtime_checkable
+class ModelView(Protocol):
+    """Optional for a :class:`LoadedModel`: per-backend views and the exact work of a pass.
+
+    A model without it is used as loaded by every backend sharing it; ``padding_free=`` of a backend
+    must then match its :attr:`~LoadedModel.padding_free`, and a pass is counted as its size times
+    its longest row (or its real tokens, padding-free).
+    """
+
+    def view(self, padding_free: bool | None = None) -> LoadedModel:
+        """This model for one backend: the same weights, its own forward state. ``padding_free``:
+        ``None`` where the model allows, ``False`` padded, ``True`` padding-free or a ``ValueError``."""
+        ...
+
+    @property
+    def last_computed_tokens(self) -> int:
+        """Tokens the last :meth:`~LoadedModel.forward` computed, padding included (read under the
+        device lock, right after the pass)."""
         ...
 
 

@@ -1,0 +1,83 @@
+"""The model-kind boundary: the kind is chosen from a model's raw config.json by its declared
+architecture (never its name), and a model no kind serves is refused with the supported ones listed."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+from typing import Any
+
+import pytest
+import transformers
+
+from bge_rerank_integrations import ModelLoadError, Reranker
+from bge_rerank_integrations.kinds import KINDS, kind_for, supported_architectures
+from bge_rerank_integrations.kinds.cross_encoder import CrossEncoderKind, CrossEncoderModel
+
+from .seams import cross_encoder
+from .texts import PASSAGES, QUERIES
+
+
+def test_the_cross_encoder_kind_serves_xlm_roberta_classifiers(model_dir: Path) -> None:
+    config = json.loads((model_dir / "config.json").read_text())
+    assert kind_for(config) is CrossEncoderKind
+    assert kind_for({"model_type": "xlm-roberta"}) is CrossEncoderKind  # no architectures listed
+    assert CrossEncoderKind in KINDS
+    assert "XLMRobertaForSequenceClassification" in supported_architectures()
+    rr = Reranker(model_dir, device="cpu")
+    assert isinstance(cross_encoder(rr), CrossEncoderModel)
+    assert len(rr.score(QUERIES[0], PASSAGES[:3])) == 3
+
+
+@pytest.mark.parametrize(
+    "config",
+    [
+        {"architectures": ["BertForSequenceClassification"], "model_type": "bert"},
+        # a name that looks like a reranker decides nothing; the declared architecture does
+        {"architectures": ["XLMRobertaForMaskedLM"], "model_type": "xlm-roberta", "_name": "bge-reranker"},
+        {"model_type": "bert"},
+        {},
+    ],
+)
+def test_a_model_no_kind_serves_is_refused_naming_the_supported_architectures(config: dict[str, Any]) -> None:
+    with pytest.raises(ModelLoadError, match="supported architectures: XLMRobertaForSequenceClassification"):
+        kind_for(config, "some/bge-reranker")
+
+
+def test_a_bert_folder_is_refused_before_any_weights_load(
+    model_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    folder = tmp_path / "bge-reranker-bert"  # the name says reranker; the config says BERT
+    shutil.copytree(model_dir, folder)
+    config = json.loads((folder / "config.json").read_text())
+    config["architectures"], config["model_type"] = ["BertForSequenceClassification"], "bert"
+    (folder / "config.json").write_text(json.dumps(config))
+    loads: list[str] = []
+    original = transformers.AutoModelForSequenceClassification.from_pretrained
+
+    def counting(model: str, *args: Any, **kwargs: Any) -> Any:
+        loads.append(str(model))
+        return original(model, *args, **kwargs)
+
+    monkeypatch.setattr(transformers.AutoModelForSequenceClassification, "from_pretrained", counting)
+    with pytest.raises(
+        ModelLoadError, match="BertForSequenceClassification model, which this package cannot"
+    ):
+        Reranker(folder, device="cpu").load()
+    assert loads == []
+
+
+def test_padding_free_switch_per_backend(model_dir: Path) -> None:
+    from bge_rerank_integrations import RerankerConfig
+    from bge_rerank_integrations.backends.local import LocalBackend
+
+    config = RerankerConfig(model=str(model_dir), device="cpu", max_length=128)
+    pairs = [(QUERIES[0], p) for p in PASSAGES[:8]]
+    scores = {}
+    for switch in (None, True, False):
+        backend = LocalBackend(config, padding_free=switch)
+        assert backend.model.padding_free is (switch is not False)
+        scores[switch] = Reranker.from_config(config, backends=[backend]).score_pairs(pairs)
+    assert scores[True] == scores[None]
+    assert scores[False] == pytest.approx(scores[None], abs=1e-4)  # the padded transformers forward
