@@ -52,16 +52,12 @@ def loaded(decoder_dirs: dict[str, Path]) -> dict[str, DecoderModel]:
 def score(model: DecoderModel, pairs: Sequence[tuple[str, str]], options: ScoringOptions) -> list[float]:
     """Encode, then one forward over all rows: what the local backend does for one batch."""
     encoded = model.encode(pairs, options)
-    assert list(encoded.lengths) == [len(_ids(row)) for row in encoded.rows]
+    assert list(encoded.lengths) == [len(row) for row in encoded.rows]
     assert encoded.owners is None
     logits = model.forward(encoded.rows, options)
     assert logits.dtype == torch.float32
     assert logits.shape == (len(pairs),)
     return logits.tolist()  # type: ignore[no-any-return]
-
-
-def _ids(row: Any) -> list[int]:
-    return row.ids if isinstance(row, LightweightRow) else row  # type: ignore[no-any-return]
 
 
 def config_of(folder: Path) -> dict[str, Any]:
@@ -263,3 +259,15 @@ def test_missing_files_are_a_load_error_with_the_cause(decoder_dirs: dict[str, P
 def test_int8_is_refused_by_name(kind: str, decoder_dirs: dict[str, Path]) -> None:
     with pytest.raises(ValueError, match=f"dtype='int8'.*the {kind} reranker runs in"):
         load(kind, decoder_dirs[kind], dtype="int8")
+
+
+def test_lightweight_rows_are_their_ids_with_the_compression_lengths(loaded: dict[str, DecoderModel]) -> None:
+    pairs = all_pairs()[:6]
+    rows = loaded["v2.5-gemma2-lightweight"].encode(pairs, ScoringOptions()).rows
+    assert all(isinstance(row, LightweightRow) for row in rows)
+    # The backend counts a row's tokens with len() and shows its ids with list(): both are the ids'.
+    same_ids = loaded["v2-minicpm-layerwise"].encode(pairs, ScoringOptions()).rows  # same layout and <bos>
+    assert [list(row) for row in rows] != [list(row) for row in same_ids]  # the prompts differ
+    for row in rows:
+        assert len(row) == len(row.ids) > row.query_length + row.prompt_length
+        assert row.ids[row.query_length - 1] == row.ids[-row.prompt_length]  # both "\n"

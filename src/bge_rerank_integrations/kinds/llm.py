@@ -32,7 +32,7 @@ from __future__ import annotations
 import json
 import threading
 from collections.abc import Mapping, Sequence
-from typing import TYPE_CHECKING, Any, ClassVar, NamedTuple
+from typing import TYPE_CHECKING, Any, ClassVar
 
 from bge_rerank_integrations.backends.model_source import check_model_name, load_error_message
 from bge_rerank_integrations.errors import ModelLoadError
@@ -62,14 +62,23 @@ LIGHTWEIGHT_COMPRESS_LAYERS = (8,)
 _ENCODERS_KEPT = 32  # encoders of distinct (lengths, prompt) kept per model; more are rebuilt per call
 
 
-class LightweightRow(NamedTuple):
-    """One row of the lightweight kind: its ids and the lengths its passage compression needs."""
+class LightweightRow(list[int]):
+    """One row of the lightweight kind: its ids (a list, so ``len`` and iteration are the ids', as
+    the core counts and shows rows), and the lengths its passage compression needs."""
 
-    ids: list[int]
-    query_length: int
-    """``len([<bos>] + query ids + sep)``: the tokens before the passage."""
-    prompt_length: int
-    """``len(sep + prompt ids)``: the tokens after the passage."""
+    __slots__ = ("prompt_length", "query_length")
+
+    def __init__(self, ids: Sequence[int], query_length: int, prompt_length: int) -> None:
+        super().__init__(ids)
+        self.query_length = query_length
+        """``len([<bos>] + query ids + sep)``: the tokens before the passage."""
+        self.prompt_length = prompt_length
+        """``len(sep + prompt ids)``: the tokens after the passage."""
+
+    @property
+    def ids(self) -> list[int]:
+        """The token ids, as a plain list."""
+        return list(self)
 
 
 class DecoderModel:
@@ -217,7 +226,7 @@ class _LightweightModel(DecoderModel):
         """fp32 scores ``[len(rows)]`` of the chosen layer, passages compressed as the options say."""
         self.check_options(options)
         scores: torch.Tensor = self.model.scores(
-            [row.ids for row in rows],
+            [list(row) for row in rows],
             query_lengths=[row.query_length for row in rows],
             prompt_lengths=[row.prompt_length for row in rows],
             cutoff_layers=options.cutoff_layers,

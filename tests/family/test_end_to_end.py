@@ -1,13 +1,10 @@
-"""PENDING (not collected: no ``test_`` prefix): the decoder kinds through the ``Reranker`` and the adapters.
-
-These need the core to serve the kinds (``kinds.kind_for`` with ``GemmaKind``,
-``MiniCPMLayerwiseKind`` and ``LightweightGemma2Kind`` in its registry, and the local backend calling
-``encode``/``forward``). Once it does, rename this file to ``test_end_to_end.py``.
-"""
+"""The decoder kinds through the ``Reranker`` and the three frameworks: FlagEmbedding's scores, the
+core's ranking, the ``trust_remote_code`` rule."""
 
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -107,3 +104,36 @@ def test_haystack_pipeline_yaml_round_trip(kind: str, decoder_dirs: dict[str, Pa
     out = restored.run({"ranker": {"query": QUERY, "documents": docs}})
     got = [int(d.id.removeprefix("doc-")) for d in out["ranker"]["documents"]]
     assert got == expected_order(kind, decoder_dirs[kind])
+
+
+@pytest.mark.parametrize(
+    ("kind", "options"),
+    [
+        ("v2-gemma", {"prompt": "Does B answer A? Yes or No."}),
+        ("v2-minicpm-layerwise", {"cutoff_layers": [3]}),
+        ("v2.5-gemma2-lightweight", {"cutoff_layers": [3], "compress_ratio": 2, "compress_layers": [1]}),
+    ],
+)
+def test_kind_options_per_call_score_as_flagembedding_built_with_them(
+    kind: str, options: dict[str, Any], decoder_dirs: dict[str, Path]
+) -> None:
+    pairs = all_pairs()[:30]
+    layout = {"max_length": 96, **({"prompt": options["prompt"]} if "prompt" in options else {})}
+    forward = {k: v for k, v in options.items() if k != "prompt"}
+    expected = flag_reranker(kind, decoder_dirs[kind], **layout).compute_score(pairs, **forward)
+    with Reranker(decoder_dirs[kind], trust_remote_code=True, max_length=96, device="cpu") as rr:
+        default = rr.score_pairs(pairs)
+        assert rr.score_pairs(pairs, **options) == pytest.approx(expected, abs=PARITY)
+        assert default != pytest.approx(expected, abs=1e-3)  # the option made a difference
+        assert rr.score_pairs(pairs) == default  # and stayed with its call
+
+
+def test_an_option_of_another_kind_is_refused_through_the_reranker(decoder_dirs: dict[str, Path]) -> None:
+    with Reranker(decoder_dirs["v2-gemma"], device="cpu") as rr:
+        with pytest.raises(ValueError, match="cutoff_layers: the v2-gemma reranker has no such option"):
+            rr.score(QUERY, TEXTS, cutoff_layers=1)
+        with pytest.raises(ValueError, match=r"cutoff_layers=\[2, 3\]"):
+            Reranker(decoder_dirs["v2-minicpm-layerwise"], trust_remote_code=True, device="cpu").score(
+                QUERY, TEXTS, cutoff_layers=[2, 3]
+            )
+        assert len(rr.score(QUERY, TEXTS)) == len(TEXTS)  # the reranker still works after a refusal
