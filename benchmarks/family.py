@@ -7,9 +7,8 @@ For each kind (v2-gemma, v2-minicpm-layerwise, v2.5-gemma2-lightweight) a random
 shape (``REDUCED_SHAPES``: the real models' proportions, the LM head included, at a CPU's scale) or
 the full one is built once, and two workloads run: *interactive* (1 query x N passages per call,
 latency) and *throughput* (several queries' pairs in one call). Contenders score the same pairs, call
-by call in turn (the order rotating), so a busy machine hits them alike: ``ours`` (this package: the
-``Reranker`` where its core serves the kind, else the kind's own ``encode``/``forward`` with the
-core's batch planner, the report says which), and FlagEmbedding's ``FlagLLMReranker``,
+by call in turn (the order rotating), so a busy machine hits them alike: ``ours`` (this package's
+``Reranker``), and FlagEmbedding's ``FlagLLMReranker``,
 ``LayerWiseFlagLLMReranker`` or ``LightWeightFlagLLMReranker`` as constructed by default (batch 128;
 the layer-wise ones through ``tests.family.reference``, the least glue that runs them under
 transformers 5). Before timing, each contender's warm-up scores are compared with ours. Output:
@@ -127,54 +126,18 @@ def build_subject(kind: str, subject: str, models: Path) -> Path:
 def ours(
     kind: str, folder: Path, device: str, dtype: str, max_batch_tokens: int, max_length: int
 ) -> tuple[Scorer, str]:
-    """This package on ``folder``: the ``Reranker`` where the core serves the kind, else the kind itself."""
+    """This package's ``Reranker`` on ``folder`` (the core picks ``kind`` from its config), loaded."""
     from bge_rerank_integrations import Reranker
-    from bge_rerank_integrations.errors import ModelLoadError
 
-    try:
-        reranker = Reranker(
-            folder,
-            device=device,
-            dtype=dtype,
-            trust_remote_code=True,
-            max_batch_tokens=max_batch_tokens,
-            max_length=max_length,
-        ).load()
-    except ModelLoadError:  # the core does not serve decoder kinds yet
-        return _kind_direct(kind, folder, device, dtype, max_batch_tokens, max_length), "kind encode/forward"
+    reranker = Reranker(
+        folder,
+        device=device,
+        dtype=dtype,
+        trust_remote_code=True,
+        max_batch_tokens=max_batch_tokens,
+        max_length=max_length,
+    ).load()
     return reranker.score, "Reranker"
-
-
-def _kind_direct(
-    kind: str, folder: Path, device: str, dtype: str, max_batch_tokens: int, max_length: int
-) -> Scorer:
-    """The kind's ``encode`` and ``forward`` in batches planned as the local backend plans padded ones."""
-    import torch
-
-    from bge_rerank_integrations.batching import plan_batches
-    from bge_rerank_integrations.config import LoadSettings, ScoringOptions
-    from bge_rerank_integrations.kinds.llm import GemmaKind, LightweightGemma2Kind, MiniCPMLayerwiseKind
-
-    kinds = {cls.name: cls for cls in (GemmaKind, MiniCPMLayerwiseKind, LightweightGemma2Kind)}
-    torch_dtype = {"auto": torch.float32 if device == "cpu" else torch.bfloat16}.get(dtype) or getattr(
-        torch, dtype
-    )
-    model = kinds[kind].load(
-        LoadSettings(model=str(folder), trust_remote_code=True), torch.device(device), torch_dtype
-    )
-    scoring = ScoringOptions(max_batch_tokens=max_batch_tokens, max_length=max_length)
-
-    def score(query: str, passages: Sequence[str]) -> list[float]:
-        encoded = model.encode([(query, p) for p in passages], scoring)
-        plan = plan_batches(encoded.lengths, scoring.max_batch_tokens)
-        logits = [model.forward([encoded.rows[i] for i in batch], scoring) for batch in plan]
-        values = torch.cat(logits).float().cpu().tolist()
-        out = [0.0] * len(passages)
-        for i, value in zip((i for batch in plan for i in batch), values, strict=True):
-            out[i] = value
-        return out
-
-    return score
 
 
 @functools.cache

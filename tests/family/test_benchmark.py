@@ -24,6 +24,7 @@ def test_family_benchmark_runs_every_kind_beside_its_reference(tmp_path: Path) -
     for kind in LLM_KINDS:
         entry = report["kinds"][kind]
         assert set(entry["workloads"]) == {"interactive", "throughput"}
+        assert entry["paths"]["ours"] == "Reranker"  # the core serves the kind: the product's own path
         for name, result in entry["workloads"].items():
             assert list(result["contenders"]) == ["ours", "flag"]
             for contender in result["contenders"].values():
