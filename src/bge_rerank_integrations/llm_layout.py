@@ -21,20 +21,11 @@ passage tokens, for which it needs each pair's ``len([<bos>] + q + sep)`` and ``
 (:class:`LLMPairs`). Here the ids come from one batched call into the fast tokenizer for all texts
 instead of the reference's per-pair Python assembly.
 
-The facts a model kind needs from the core are in :data:`LLM_KINDS` (``LLMKind``): the default
-prompt, whether ``<bos>`` is unconditional, the padding side, the kind's options and the config fields
-that identify it (:func:`detect_llm_kind`). For the kind boundary (issue 13) these kinds need:
-
-- detection from the raw ``config.json`` (``AutoConfig`` wants ``trust_remote_code`` for the
-  layer-wise ones) and a kind-owned load: ``AutoModelForCausalLM`` for v2-gemma,
-  ``llm_layerwise.load_layerwise_model`` for the others (no remote code runs);
-- per-pair payload besides the ids (the lightweight compression's query/prompt lengths) carried
-  through dedup, sorting and batching;
-- a forward that owns its padding (right, no mask) and returns fp32 scores, the budget counting
-  padded tokens; ``prompt`` changes ids (a layout option), ``cutoff_layers`` /
-  ``compress_ratio`` / ``compress_layers`` only the forward;
-- a length check of :attr:`LLMPairEncoder.longest` against the model's positions (note that
-  ``max_length`` bounds the passage here, not the pair).
+The facts each decoder kind needs are in :data:`LLM_KINDS` (``LLMKind``): the default prompt,
+whether ``<bos>`` is unconditional, the padding side, the kind's options and the config fields that
+identify it (:func:`detect_llm_kind`). The kinds themselves (load, options, forward) are in
+:mod:`bge_rerank_integrations.kinds.llm`; note that ``max_length`` bounds the passage here, not the
+pair, as in FlagEmbedding.
 """
 
 from __future__ import annotations
