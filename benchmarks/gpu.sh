@@ -5,6 +5,9 @@
 #                                           contenders, then the ablations in the time that is left
 #   benchmarks/gpu.sh --ablations [OUTDIR]  the ablations only (variants of the core's CUDA path)
 #   benchmarks/gpu.sh --cpu-smoke [OUTDIR]  the same script end to end on CPU with the tiny model
+#   benchmarks/gpu.sh --family [OUTDIR]     full-size bge-reranker-v2-gemma (2.5B) beside
+#                                           FlagLLMReranker (benchmarks/family.py): its own 9 minutes
+#   benchmarks/gpu.sh --family --cpu-smoke [OUTDIR]   that run on CPU with the tiny model
 #
 # OUTDIR defaults to $OUT (the device runner's output folder), else bench-out/<mode>. It gets
 # results.md (the tables), results.json (every call), ablations.md, env.txt (python, packages,
@@ -21,12 +24,14 @@ cd "$(dirname "$0")/.."
 script_start=$(date +%s)
 mode=gpu
 ablations=0
+family=0
 out=""
 for arg in "$@"; do
   case "$arg" in
     --cpu-smoke) mode=cpu-smoke ;;
     --ablations) ablations=1 ;;
-    -h | --help) sed -n '2,17p' "$0"; exit 0 ;;
+    --family) family=1 ;;
+    -h | --help) sed -n '2,20p' "$0"; exit 0 ;;
     *) out="$arg" ;;
   esac
 done
@@ -64,6 +69,25 @@ export PYTHONPATH="$work/site:$PWD/src:$PWD${PYTHONPATH:+:$PYTHONPATH}"
 export HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 HF_HUB_DISABLE_TELEMETRY=1 TQDM_DISABLE=1
 "$py" -c "import torch, transformers; print('torch', torch.__version__, 'cuda', torch.version.cuda, 'transformers', transformers.__version__)" | tee -a "$out/env.txt"
 if command -v nvidia-smi >/dev/null 2>&1; then nvidia-smi >>"$out/env.txt" 2>&1 || true; fi
+
+# The decoder-only family: full-size v2-gemma, random weights built here (about 10 GB of fp32
+# safetensors and 2 minutes), then ours in bf16 and fp16 beside FlagLLMReranker with use_bf16 and
+# use_fp16, interleaved; the run stops itself at 8.5 minutes of the budget (partial tables stay).
+if [ "$family" = 1 ]; then
+  if [ "$mode" = gpu ]; then
+    args=(--kinds v2-gemma --subject full --scale gpu --device cuda
+      --contenders ours-bf16,flag-bf16,ours-fp16,flag-fp16)
+  else
+    args=(--subject tiny --scale smoke --device cpu --contenders ours,flag)
+  fi
+  family_status=0
+  timeout $((script_start + 510 - $(date +%s))) "$py" -m benchmarks.family "${args[@]}" \
+    --models "$work/models" --out "$out" >"$out/family.log" 2>&1 || family_status=$?
+  echo "== family benchmark exit status $family_status" | tee -a "$out/env.txt"
+  tail -n 5 "$out/family.log" >&2
+  if [ -f "$out/family.md" ]; then cat "$out/family.md"; fi
+  exit "$family_status"
+fi
 
 main_status=0
 if [ "$ablations" = 0 ]; then

@@ -16,7 +16,8 @@ bge-reranker-v2-minicpm-layerwise and bge-reranker-v2.5-gemma2-lightweight ship 
   claims SDPA support, which transformers 5 refuses for Gemma-2's attention softcapping.
 
 So these kinds load the repositories' weights into transformers' own modules instead (no remote code
-runs, so no ``trust_remote_code`` is needed): MiniCPM is Llama with three scalings, folded in here
+runs; :mod:`~bge_rerank_integrations.kinds.llm` still asks for ``trust_remote_code=True``, as the
+reference does, and says why): MiniCPM is Llama with three scalings, folded in here
 (embeddings times ``scale_emb`` at run time; the attention and MLP outputs times
 ``scale_depth / sqrt(num_hidden_layers)``, folded into ``o_proj`` and ``down_proj`` once at load);
 the lightweight model is Gemma-2. The forwards reproduce the reference's arithmetic: the final norm

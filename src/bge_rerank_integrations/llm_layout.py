@@ -21,24 +21,16 @@ passage tokens, for which it needs each pair's ``len([<bos>] + q + sep)`` and ``
 (:class:`LLMPairs`). Here the ids come from one batched call into the fast tokenizer for all texts
 instead of the reference's per-pair Python assembly.
 
-The facts a model kind needs from the core are in :data:`LLM_KINDS` (``LLMKind``): the default
-prompt, whether ``<bos>`` is unconditional, the padding side, the kind's options and the config fields
-that identify it (:func:`detect_llm_kind`). For the kind boundary (issue 13) these kinds need:
-
-- detection from the raw ``config.json`` (``AutoConfig`` wants ``trust_remote_code`` for the
-  layer-wise ones) and a kind-owned load: ``AutoModelForCausalLM`` for v2-gemma,
-  ``llm_layerwise.load_layerwise_model`` for the others (no remote code runs);
-- per-pair payload besides the ids (the lightweight compression's query/prompt lengths) carried
-  through dedup, sorting and batching;
-- a forward that owns its padding (right, no mask) and returns fp32 scores, the budget counting
-  padded tokens; ``prompt`` changes ids (a layout option), ``cutoff_layers`` /
-  ``compress_ratio`` / ``compress_layers`` only the forward;
-- a length check of :attr:`LLMPairEncoder.longest` against the model's positions (note that
-  ``max_length`` bounds the passage here, not the pair).
+The facts each decoder kind needs are in :data:`LLM_KINDS` (``LLMKind``): the default prompt,
+whether ``<bos>`` is unconditional, the padding side, the kind's options and the config fields that
+identify it (:func:`detect_llm_kind`). The kinds themselves (load, options, forward) are in
+:mod:`bge_rerank_integrations.kinds.llm`; note that ``max_length`` bounds the passage here, not the
+pair, as in FlagEmbedding.
 """
 
 from __future__ import annotations
 
+import copy
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Literal
@@ -224,6 +216,29 @@ class LLMPairEncoder:
             raise ModelLoadError("the tokenizer encodes 'Yes' as no tokens at all")
         self.yes_id: int = yes[0]
         """The id whose logit v2-gemma scores: the first id of ``"Yes"``, as the reference takes it."""
+
+    def with_settings(
+        self, *, max_length: int, query_max_length: int | None = None, prompt: str | None = None
+    ) -> LLMPairEncoder:
+        """This encoder with other lengths or prompt, sharing its tokenizer (which is never mutated).
+
+        The instruction templates, ``<bos>`` and truncation side stay; ``prompt=None`` is the kind's
+        default prompt.
+        """
+        if max_length < 1:
+            raise ValueError(f"max_length must be at least 1, got {max_length}")
+        if query_max_length is None:
+            query_max_length = max_length * 3 // 4
+        if query_max_length < 1:
+            raise ValueError(f"query_max_length must be at least 1, got {query_max_length}")
+        other = copy.copy(self)
+        other.max_length = max_length
+        other.query_max_length = query_max_length
+        other.prompt = self.kind.default_prompt if prompt is None else prompt
+        if other.prompt != self.prompt:
+            (prompt_ids,) = self._ids([other.prompt])
+            other.prompt_ids = tuple(prompt_ids)
+        return other
 
     @classmethod
     def from_transformers(cls, tokenizer: Any, kind: LLMKind, **settings: Any) -> LLMPairEncoder:

@@ -13,10 +13,11 @@ from typing import Any
 from bge_rerank_integrations.errors import ModelLoadError
 from bge_rerank_integrations.kinds.base import Encoded, LoadedModel, ModelKind, ModelView
 from bge_rerank_integrations.kinds.cross_encoder import CrossEncoderKind
+from bge_rerank_integrations.kinds.llm import GemmaKind, LightweightGemma2Kind, MiniCPMLayerwiseKind
 
 __all__ = ["KINDS", "Encoded", "LoadedModel", "ModelKind", "ModelView", "kind_for", "supported_architectures"]
 
-KINDS: list[type[ModelKind]] = [CrossEncoderKind]
+KINDS: list[type[ModelKind]] = [CrossEncoderKind, GemmaKind, MiniCPMLayerwiseKind, LightweightGemma2Kind]
 """Every model kind, asked in this order."""
 
 

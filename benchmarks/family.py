@@ -1,0 +1,438 @@
+"""The decoder-only BGE rerankers, each beside its FlagEmbedding class, in one interleaved run.
+
+    python -m benchmarks.family --scale cpu --out bench-out/family          # reduced subjects, CPU
+    python -m benchmarks.family --kinds v2-gemma --subject full --scale gpu --device cuda --out DIR
+
+For each kind (v2-gemma, v2-minicpm-layerwise, v2.5-gemma2-lightweight) a random model of a reduced
+shape (``REDUCED_SHAPES``: the real models' proportions, the LM head included, at a CPU's scale) or
+the full one is built once, and two workloads run: *interactive* (1 query x N passages per call,
+latency) and *throughput* (several queries' pairs in one call). Contenders score the same pairs, call
+by call in turn (the order rotating), so a busy machine hits them alike: ``ours`` (this package's
+``Reranker``), and FlagEmbedding's ``FlagLLMReranker``,
+``LayerWiseFlagLLMReranker`` or ``LightWeightFlagLLMReranker`` as constructed by default (batch 128;
+the layer-wise ones through ``tests.family.reference``, the least glue that runs them under
+transformers 5). Before timing, each contender's warm-up scores are compared with ours. Output:
+``family.md`` (tables: pairs/s, p50/p90 per call, the ratio to the reference) and ``family.json``
+(every call's time, the machine from ``lscpu``, the load average) in ``--out``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import functools
+import importlib
+import importlib.util
+import json
+import os
+import platform
+import statistics
+import subprocess
+import sys
+import time
+import types
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+__all__ = ["REDUCED_SHAPES", "SCALES", "FamilyScale", "machine_facts", "main", "run_family"]
+
+Scorer = Callable[[str, Sequence[str]], list[float]]
+
+
+@dataclass(frozen=True)
+class FamilyScale:
+    """How much each workload holds."""
+
+    interactive_calls: int
+    throughput_queries: int
+    passages: int
+    max_length: int
+    """Passage tokens kept (FlagEmbedding's ``max_length``); passages are drawn up to it."""
+
+
+SCALES: dict[str, FamilyScale] = {
+    "smoke": FamilyScale(interactive_calls=2, throughput_queries=2, passages=6, max_length=64),
+    # about 20 minutes for the three kinds on 2 busy cores (the reference runs the whole vocabulary)
+    "cpu": FamilyScale(interactive_calls=3, throughput_queries=2, passages=30, max_length=256),
+    "gpu": FamilyScale(interactive_calls=10, throughput_queries=10, passages=100, max_length=512),
+}
+
+
+def _shapes() -> dict[str, dict[str, Any]]:
+    from bge_rerank_integrations.testing import FULL_DECODER_SHAPES, TINY_DECODER_SHAPES, DecoderShape
+
+    # Reduced: a CPU-sized model of each architecture. v2-gemma keeps its LM head's share of the work
+    # (about a quarter of a token's multiply-adds in Gemma-2B), which the reference computes for
+    # every position and vocabulary entry: vocabulary 16384 at hidden 512 and 4 layers.
+    reduced = {
+        "v2-gemma": DecoderShape(
+            kind="v2-gemma",
+            num_hidden_layers=4,
+            hidden_size=512,
+            num_attention_heads=4,
+            num_key_value_heads=1,
+            head_dim=128,
+            intermediate_size=4096,
+            vocab_size=16384,
+            initializer_range=0.02,
+        ),
+        "v2-minicpm-layerwise": DecoderShape(
+            kind="v2-minicpm-layerwise",
+            num_hidden_layers=6,
+            hidden_size=512,
+            num_attention_heads=8,
+            num_key_value_heads=8,
+            head_dim=64,
+            intermediate_size=1280,
+            start_layer=2,
+            initializer_range=0.02,
+        ),
+        "v2.5-gemma2-lightweight": DecoderShape(
+            kind="v2.5-gemma2-lightweight",
+            num_hidden_layers=6,
+            hidden_size=512,
+            num_attention_heads=4,
+            num_key_value_heads=2,
+            head_dim=128,
+            intermediate_size=2048,
+            vocab_size=16384,
+            start_layer=2,
+            initializer_range=0.02,
+        ),
+    }
+    tiny: dict[str, Any] = dict(TINY_DECODER_SHAPES.items())
+    full: dict[str, Any] = dict(FULL_DECODER_SHAPES.items())
+    return {"tiny": tiny, "small": reduced, "full": full}
+
+
+REDUCED_SHAPES = "small"
+"""The ``--subject`` of the CPU run (see :func:`_shapes`)."""
+
+
+def build_subject(kind: str, subject: str, models: Path) -> Path:
+    """The random model of ``kind`` at ``subject`` size, built into ``models`` once (reused after)."""
+    from bge_rerank_integrations.testing import build_decoder_test_model, decoder_model_marker
+
+    shape = _shapes()[subject][kind]
+    folder = models / f"{kind}-{subject}"
+    marker = folder / "bge_test_model.json"
+    if marker.is_file() and json.loads(marker.read_text()) == decoder_model_marker(shape):
+        return folder
+    return build_decoder_test_model(folder, shape=shape)
+
+
+# -- contenders ------------------------------------------------------------------------------------
+def ours(
+    kind: str, folder: Path, device: str, dtype: str, max_batch_tokens: int, max_length: int
+) -> tuple[Scorer, str]:
+    """This package's ``Reranker`` on ``folder`` (the core picks ``kind`` from its config), loaded."""
+    from bge_rerank_integrations import Reranker
+
+    reranker = Reranker(
+        folder,
+        device=device,
+        dtype=dtype,
+        trust_remote_code=True,
+        max_batch_tokens=max_batch_tokens,
+        max_length=max_length,
+    ).load()
+    return reranker.score, "Reranker"
+
+
+@functools.cache
+def flag_llm_reranker_class() -> tuple[Any, str]:
+    """FlagEmbedding's ``FlagLLMReranker``, and how it was imported.
+
+    ``import FlagEmbedding`` pulls in its training side (datasets, peft, ...), which a bare GPU machine
+    with only this suite's wheels lacks. There the class is loaded from its own module with empty
+    packages above it, and ``peft`` (imported for ``peft_path``, which the benchmark never passes)
+    is a stand-in whose ``PeftModel`` raises.
+    """
+    try:
+        from FlagEmbedding import FlagLLMReranker
+
+        return FlagLLMReranker, "from FlagEmbedding import FlagLLMReranker"
+    except ImportError as exc:
+        reason = f"{type(exc).__name__}: {exc}"
+    spec = importlib.util.find_spec("FlagEmbedding")
+    if spec is None or not spec.submodule_search_locations:
+        raise ImportError("FlagEmbedding is not installed") from None
+    root = next(iter(spec.submodule_search_locations))
+    for name in [n for n in sys.modules if n == "FlagEmbedding" or n.startswith("FlagEmbedding.")]:
+        del sys.modules[name]
+    packages = ("", ".abc", ".abc.inference", ".inference", ".inference.reranker", ".utils")
+    for package in (*packages, ".inference.reranker.encoder_only", ".inference.reranker.decoder_only"):
+        module = types.ModuleType("FlagEmbedding" + package)
+        module.__path__ = [root + package.replace(".", "/")]
+        sys.modules["FlagEmbedding" + package] = module
+    abs_reranker = importlib.import_module("FlagEmbedding.abc.inference.AbsReranker")
+    sys.modules["FlagEmbedding.abc.inference"].AbsReranker = abs_reranker.AbsReranker  # type: ignore[attr-defined]
+    if importlib.util.find_spec("peft") is None:
+        peft = types.ModuleType("peft")
+
+        class PeftModel:
+            @classmethod
+            def from_pretrained(cls, *args: Any, **kwargs: Any) -> Any:
+                raise ImportError("peft is a stand-in here: it is not installed")
+
+        peft.PeftModel = PeftModel  # type: ignore[attr-defined]
+        sys.modules["peft"] = peft
+        reason += "; peft is a stand-in"
+    base = importlib.import_module("FlagEmbedding.inference.reranker.decoder_only.base")
+    return base.BaseLLMReranker, f"decoder_only.base.BaseLLMReranker, imported directly ({reason})"
+
+
+REFERENCE_CLASS = {
+    "v2-gemma": "FlagLLMReranker",
+    "v2-minicpm-layerwise": "LayerWiseFlagLLMReranker",
+    "v2.5-gemma2-lightweight": "LightWeightFlagLLMReranker",
+}
+
+
+# -- workloads -------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class Call:
+    """One timed call: a query and its passages (throughput: several queries' pairs at once)."""
+
+    pairs: tuple[tuple[str, str], ...]
+
+
+def workloads(folder: Path, scale: FamilyScale, seed: int = 0) -> dict[str, tuple[Call, list[Call]]]:
+    """``{name: (warm-up call, timed calls)}`` for the interactive and throughput workloads."""
+    from benchmarks.workloads import make_requests
+
+    n = scale.interactive_calls + scale.throughput_queries + 1
+    requests = make_requests(folder, n, scale.passages, seed=seed)
+    calls = [Call(tuple((r.query, p) for p in r.passages)) for r in requests]
+    warm, interactive, rest = (
+        calls[0],
+        calls[1 : 1 + scale.interactive_calls],
+        calls[1 + scale.interactive_calls :],
+    )
+    throughput = Call(tuple(pair for call in rest for pair in call.pairs))
+    return {"interactive": (warm, interactive), "throughput": (warm, [throughput])}
+
+
+def _score_call(scorer: Scorer, call: Call) -> list[float]:
+    """Scores of a call's pairs, one scorer call per query (a throughput call has several queries)."""
+    out: list[float] = []
+    start = 0
+    while start < len(call.pairs):
+        query = call.pairs[start][0]
+        end = start
+        while end < len(call.pairs) and call.pairs[end][0] == query:
+            end += 1
+        out += scorer(query, [p for _, p in call.pairs[start:end]])
+        start = end
+    return out
+
+
+# -- the run ---------------------------------------------------------------------------------------
+def run_family(
+    *,
+    kinds: Sequence[str],
+    subject: str,
+    scale: str,
+    device: str,
+    out: Path,
+    models: Path,
+    max_batch_tokens: int | None = None,
+    contenders: Sequence[str] = ("ours", "flag"),
+) -> dict[str, Any]:
+    """Run every kind's workloads with every contender; write ``family.md``/``family.json`` to ``out``.
+
+    ``contenders``: ``ours`` (dtype auto), ``ours-bf16``, ``ours-fp16``, ``flag`` (FlagEmbedding's
+    default: fp32), ``flag-fp16``, ``flag-bf16``; ``ours`` first, the ratios are against ``flag*``.
+    """
+    os.environ.setdefault("TQDM_DISABLE", "1")
+    sc = SCALES[scale]
+    budget = max_batch_tokens or (4096 if device == "cpu" else 16384)
+    out.mkdir(parents=True, exist_ok=True)
+    report: dict[str, Any] = {
+        "subject": subject,
+        "scale": scale,
+        "max_batch_tokens": budget,
+        "machine": machine_facts(device),
+        "kinds": {},
+    }
+    for kind in kinds:
+        folder = build_subject(kind, subject, models)
+        scorers: dict[str, Scorer] = {}
+        paths: dict[str, str] = {}
+        for name in contenders:
+            if name.startswith("ours"):
+                dtype = {"ours": "auto", "ours-bf16": "bfloat16", "ours-fp16": "float16"}[name]
+                scorer, paths[name] = ours(kind, folder, device, dtype, budget, sc.max_length)
+            else:
+                half = {"flag": None, "flag-fp16": "fp16", "flag-bf16": "bf16"}[name]
+                scorer = reference(kind, folder, device, half, sc.max_length)
+                paths[name] = REFERENCE_CLASS[kind]
+                if kind == "v2-gemma":
+                    report["flag_llm_reranker_import"] = flag_llm_reranker_class()[1]
+            scorers[name] = scorer
+        report["kinds"][kind] = {"folder": str(folder), "paths": paths, "workloads": {}}
+        for wname, (warm, calls) in workloads(folder, sc).items():
+            result = _time_workload(scorers, warm, calls)
+            report["kinds"][kind]["workloads"][wname] = result
+            _write(report, out)
+        del scorers
+    report["machine"]["loadavg_end"] = os.getloadavg()
+    _write(report, out)
+    return report
+
+
+def reference(kind: str, folder: Path, device: str, half: str | None, max_length: int) -> Scorer:
+    """FlagEmbedding's class for ``kind`` as constructed by default (``half``: ``"fp16"``/``"bf16"``)."""
+    flags = {"use_fp16": half == "fp16", "use_bf16": half == "bf16"}
+    if kind == "v2-gemma":
+        flag_llm_reranker, _ = flag_llm_reranker_class()
+        model = flag_llm_reranker(str(folder), devices=[device], max_length=max_length, **flags)
+    else:
+        from tests.family.reference import flag_reranker
+
+        model = flag_reranker(kind, folder, devices=[device], max_length=max_length, **flags)
+
+    def score(query: str, passages: Sequence[str]) -> list[float]:
+        scores = model.compute_score([(query, p) for p in passages])
+        return [float(s) for s in (scores if isinstance(scores, list) else [scores])]
+
+    return score
+
+
+def _time_workload(scorers: dict[str, Scorer], warm: Call, calls: list[Call]) -> dict[str, Any]:
+    names = list(scorers)
+    warm_scores = {name: _score_call(scorers[name], warm) for name in names}
+    base = warm_scores[names[0]]
+    times: dict[str, list[float]] = {name: [] for name in names}
+    for index, call in enumerate(calls):
+        order = names[index % len(names) :] + names[: index % len(names)]  # rotate who goes first
+        for name in order:
+            start = time.perf_counter()
+            _score_call(scorers[name], call)
+            times[name].append(time.perf_counter() - start)
+    pairs = sum(len(c.pairs) for c in calls)
+    result: dict[str, Any] = {"pairs": pairs, "calls": len(calls), "contenders": {}}
+    for name in names:
+        seconds = times[name]
+        delta = max(abs(a - b) for a, b in zip(warm_scores[name], base, strict=True))
+        result["contenders"][name] = {
+            "seconds": seconds,
+            "pairs_per_s": pairs / sum(seconds),
+            "p50_s": statistics.median(seconds),
+            "p90_s": _p90(seconds),
+            "warmup_max_abs_delta": delta,
+        }
+    return result
+
+
+def _p90(values: list[float]) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, round(0.9 * (len(ordered) - 1)))]
+
+
+def machine_facts(device: str) -> dict[str, Any]:
+    """The machine as ``lscpu`` and the libraries describe it, and its load when the run starts."""
+    import torch
+    import transformers
+
+    try:
+        lscpu = subprocess.run(["lscpu"], capture_output=True, text=True, timeout=10, check=False).stdout
+    except (OSError, subprocess.SubprocessError):
+        lscpu = ""
+    facts: dict[str, Any] = {
+        "date": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "transformers": transformers.__version__,
+        "cpu_count": os.cpu_count(),
+        "torch_threads": torch.get_num_threads(),
+        "loadavg_start": os.getloadavg(),
+        "device": device,
+        "lscpu": lscpu,
+    }
+    if device.startswith("cuda"):
+        props = torch.cuda.get_device_properties(torch.device(device))
+        facts["gpu"] = props.name
+        facts["gpu_memory_gib"] = round(props.total_memory / 2**30, 1)
+    return facts
+
+
+def _lscpu_line(lscpu: str, key: str) -> str:
+    for line in lscpu.splitlines():
+        name, _, value = line.partition(":")
+        if name.strip() == key:
+            return value.strip()
+    return "?"
+
+
+def markdown(report: dict[str, Any]) -> str:
+    """The report's tables: one per kind and workload, and a summary of the ratios."""
+    m = report["machine"]
+    cpu = _lscpu_line(m["lscpu"], "Model name")
+    lines = [
+        f"# Decoder-only rerankers: this package beside FlagEmbedding ({report['subject']} subjects)",
+        "",
+        f"{m['date']}; {cpu}, {_lscpu_line(m['lscpu'], 'CPU(s)')} CPUs, torch {m['torch']} "
+        f"({m['torch_threads']} threads), transformers {m['transformers']}, device {m['device']}"
+        + (f" ({m['gpu']})" if "gpu" in m else "")
+        + f"; load average {m['loadavg_start'][0]:.1f} at the start"
+        + (f", {m['loadavg_end'][0]:.1f} at the end" if "loadavg_end" in m else "")
+        + f"; max_batch_tokens {report['max_batch_tokens']}.",
+        "",
+        "| kind | workload | contender | path | pairs/s | p50 s | p90 s | x reference | warm-up max abs d |",
+        "|---|---|---|---|---:|---:|---:|---:|---:|",
+    ]
+    for kind, entry in report["kinds"].items():
+        for wname, result in entry["workloads"].items():
+            contenders = result["contenders"]
+            refs = [n for n in contenders if n.startswith("flag")]
+            ref_rate = contenders[refs[0]]["pairs_per_s"] if refs else None
+            for name, c in contenders.items():
+                ratio = f"{c['pairs_per_s'] / ref_rate:.2f}" if ref_rate else "-"
+                lines.append(
+                    f"| {kind} | {wname} | {name} | {entry['paths'][name]} | {c['pairs_per_s']:.1f} | "
+                    f"{c['p50_s']:.3f} | {c['p90_s']:.3f} | {ratio} | {c['warmup_max_abs_delta']:.1e} |"
+                )
+    return "\n".join(lines) + "\n"
+
+
+def _write(report: dict[str, Any], out: Path) -> None:
+    (out / "family.json").write_text(json.dumps(report, indent=1))
+    (out / "family.md").write_text(markdown(report))
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    """The command line (see the module docstring)."""
+    from bge_rerank_integrations.llm_layout import LLM_KINDS
+
+    parser = argparse.ArgumentParser(description=(__doc__ or "").splitlines()[0])
+    parser.add_argument("--kinds", default=",".join(LLM_KINDS), help="comma-separated kinds")
+    parser.add_argument("--subject", choices=["tiny", "small", "full"], default=REDUCED_SHAPES)
+    parser.add_argument("--scale", choices=list(SCALES), default="cpu")
+    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--contenders", default="ours,flag")
+    parser.add_argument("--max-batch-tokens", type=int, default=None)
+    parser.add_argument("--models", type=Path, default=Path("bench-out/models"))
+    parser.add_argument("--out", type=Path, default=Path("bench-out/family"))
+    args = parser.parse_args(argv)
+    kinds = [k for k in args.kinds.split(",") if k]
+    unknown = sorted(set(kinds) - set(LLM_KINDS))
+    if unknown:
+        parser.error(f"unknown kinds {unknown}; the kinds are {', '.join(LLM_KINDS)}")
+    report = run_family(
+        kinds=kinds,
+        subject=args.subject,
+        scale=args.scale,
+        device=args.device,
+        out=args.out,
+        models=args.models,
+        max_batch_tokens=args.max_batch_tokens,
+        contenders=[c for c in args.contenders.split(",") if c],
+    )
+    print(markdown(report))
+
+
+if __name__ == "__main__":
+    main()
