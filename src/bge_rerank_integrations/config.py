@@ -79,8 +79,8 @@ class LoadSettings:
     dtype: DType = field(
         default="auto",
         metadata=_doc(
-            "'auto' (float16 on CUDA, float32 elsewhere), 'float32', 'float16', 'bfloat16' or 'int8' "
-            "(CPU only: int8 linear layers, weights quantized per output channel at load)."
+            "'auto' (on CUDA float16, bfloat16 for the LLM rerankers; float32 elsewhere), 'float32', "
+            "'float16', 'bfloat16' or 'int8' (CPU only: int8 linear layers, quantized at load)."
         ),
     )
     revision: str | None = field(

@@ -81,3 +81,20 @@ def test_padding_free_switch_per_backend(model_dir: Path) -> None:
         scores[switch] = Reranker.from_config(config, backends=[backend]).score_pairs(pairs)
     assert scores[True] == scores[None]
     assert scores[False] == pytest.approx(scores[None], abs=1e-4)  # the padded transformers forward
+
+
+def test_auto_dtype_is_each_kinds_gpu_dtype_on_cuda_and_float32_elsewhere() -> None:
+    # Gemma-2's activations overflow float16: the LLM kinds default to bfloat16 on a GPU
+    import torch
+
+    from bge_rerank_integrations.backends.local import resolve_dtype
+
+    cuda, cpu = torch.device("cuda"), torch.device("cpu")  # a device name needs no GPU
+    llm_kinds = [kind for kind in KINDS if kind is not CrossEncoderKind]
+    assert llm_kinds
+    assert resolve_dtype("auto", cuda, CrossEncoderKind) == "float16"
+    for kind in llm_kinds:
+        assert resolve_dtype("auto", cuda, kind) == "bfloat16"
+    for kind in KINDS:
+        assert resolve_dtype("auto", cpu, kind) == "float32"
+        assert resolve_dtype("float16", cuda, kind) == "float16"  # a dtype asked for is kept

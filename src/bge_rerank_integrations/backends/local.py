@@ -24,7 +24,7 @@ from bge_rerank_integrations.backends.weights import LoadedWeights, WeightsKey, 
 from bge_rerank_integrations.batching import plan_batches, plan_packed_batches
 from bge_rerank_integrations.config import RerankerConfig, ScoringOptions
 from bge_rerank_integrations.errors import ModelLoadError
-from bge_rerank_integrations.kinds import ModelView, kind_for
+from bge_rerank_integrations.kinds import ModelKind, ModelView, kind_for
 from bge_rerank_integrations.kinds.cross_encoder import cpu_chunk_tokens
 
 if TYPE_CHECKING:
@@ -32,7 +32,14 @@ if TYPE_CHECKING:
 
     from bge_rerank_integrations.kinds.base import LoadedModel
 
-__all__ = ["NO_PASS_LIMIT", "ForwardStats", "LocalBackend", "available_devices", "resolve_device"]
+__all__ = [
+    "NO_PASS_LIMIT",
+    "ForwardStats",
+    "LocalBackend",
+    "available_devices",
+    "resolve_device",
+    "resolve_dtype",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -193,8 +200,12 @@ class LocalBackend:
     def _load(self) -> None:
         cfg = self.config
         device = resolve_device(self._device_name)
+        kind = _model_kind(cfg, device)
+        dtype = resolve_dtype(cfg.dtype, device, kind)
         # Backends that differ only in how they score share the weights loaded for the first of them.
-        weights = shared_weights(_weights_key(cfg, device), functools.partial(_load_weights, cfg, device))
+        weights = shared_weights(
+            _weights_key(cfg, device, dtype), functools.partial(_load_weights, cfg, kind, device, dtype)
+        )
         model = _view(weights.model, self.padding_free)
         model.encode([], cfg.scoring)  # refuses options the model cannot score (a max_length too long)
         self._device_lock = weights.lock  # one forward pass at a time on these weights, for all users
@@ -302,8 +313,8 @@ def _view(model: LoadedModel, padding_free: bool | None) -> LoadedModel:
     return model
 
 
-def _load_weights(cfg: RerankerConfig, device: torch.device) -> LoadedWeights:
-    """Load the model of ``cfg`` onto ``device`` with its kind (what :func:`shared_weights` shares)."""
+def _model_kind(cfg: RerankerConfig, device: torch.device) -> type[ModelKind]:
+    """The kind serving ``cfg.model``, read off its raw ``config.json`` (small: before any weights)."""
     check_model_name(cfg.model, cache_dir=cfg.cache_dir, revision=cfg.revision)  # before the hub
 
     from transformers import PretrainedConfig
@@ -314,7 +325,6 @@ def _load_weights(cfg: RerankerConfig, device: torch.device) -> LoadedWeights:
             "(the default there) or 'bfloat16'"
         )
     try:
-        # The raw config.json first: it is small, and a model no kind serves fails before it loads.
         raw, _ = PretrainedConfig.get_config_dict(
             cfg.model,
             revision=cfg.revision,
@@ -324,12 +334,18 @@ def _load_weights(cfg: RerankerConfig, device: torch.device) -> LoadedWeights:
         )
     except (OSError, ValueError, KeyError) as exc:  # hub, file and config errors all land here
         raise ModelLoadError(_load_error_message(cfg, exc)) from exc
-    kind = kind_for(raw, cfg.model)
-    return LoadedWeights(model=kind.load(cfg.load_settings, device, _torch_dtype(cfg.dtype, device)))
+    return kind_for(raw, cfg.model)
 
 
-def _weights_key(cfg: RerankerConfig, device: torch.device) -> WeightsKey:
-    """What decides the weights ``cfg`` loads on ``device``: equal keys share one load."""
+def _load_weights(
+    cfg: RerankerConfig, kind: type[ModelKind], device: torch.device, dtype: str
+) -> LoadedWeights:
+    """Load the model of ``cfg`` onto ``device`` with its kind (what :func:`shared_weights` shares)."""
+    return LoadedWeights(model=kind.load(cfg.load_settings, device, _torch_dtype(dtype)))
+
+
+def _weights_key(cfg: RerankerConfig, device: torch.device, dtype: str) -> WeightsKey:
+    """What decides the weights ``cfg`` loads on ``device`` in ``dtype``: equal keys share one load."""
     return WeightsKey(
         model=cfg.model,
         revision=cfg.revision,
@@ -338,7 +354,7 @@ def _weights_key(cfg: RerankerConfig, device: torch.device) -> WeightsKey:
         local_files_only=cfg.local_files_only,
         trust_remote_code=cfg.trust_remote_code,
         device=_device_key(device),
-        dtype=_dtype_name(cfg.dtype, device),
+        dtype=dtype,
     )
 
 
@@ -356,11 +372,13 @@ def _device_key(device: torch.device) -> str:
     return f"{device.type}:0"
 
 
-def _dtype_name(name: str, device: torch.device) -> str:
-    """The configured dtype with ``"auto"`` resolved for ``device`` (as :func:`_torch_dtype` does)."""
-    if name == "auto":
-        return "float16" if device.type == "cuda" else "float32"
-    return name
+def resolve_dtype(dtype: str, device: torch.device, kind: type[ModelKind]) -> str:
+    """The dtype a model of ``kind`` loads in on ``device``: ``"auto"`` is the kind's GPU dtype on
+    CUDA (float16 for cross-encoders, bfloat16 for the LLM rerankers, whose activations overflow
+    float16) and float32 elsewhere; any other setting is taken as it is."""
+    if dtype == "auto":
+        return kind.gpu_dtype if device.type == "cuda" else "float32"
+    return dtype
 
 
 def _single_device(device: str | tuple[str, ...] | None) -> str | None:
@@ -379,11 +397,10 @@ def _load_error_message(config: RerankerConfig, exc: BaseException) -> str:
     return load_error_message(config.model, exc, offline=offline)
 
 
-def _torch_dtype(name: str, device: torch.device) -> torch.dtype:
+def _torch_dtype(name: str) -> torch.dtype:
+    """The torch dtype the weights load in for a resolved dtype name (int8: fp32, quantized later)."""
     import torch
 
-    if name == "auto":
-        return torch.float16 if device.type == "cuda" else torch.float32
     if name == "int8":  # fp32 weights, quantized by the padding-free forward
         return torch.float32
     dtype: torch.dtype = getattr(torch, name)

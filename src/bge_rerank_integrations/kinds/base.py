@@ -92,6 +92,8 @@ class ModelKind(Protocol):
     """Short name, shown in errors and logs (``"cross-encoder"``, ``"llm"``, ...)."""
     architectures: ClassVar[tuple[str, ...]]
     """The ``config.json`` ``architectures`` it serves, listed in the error for unsupported models."""
+    gpu_dtype: ClassVar[str]
+    """What ``dtype="auto"`` loads on a GPU (float32 elsewhere): the fastest dtype the kind is exact in."""
 
     @classmethod
     def matches(cls, model_config: Mapping[str, Any]) -> bool:

@@ -49,6 +49,8 @@ class CrossEncoderKind:
         "RobertaForSequenceClassification",
     )
     model_types: ClassVar[tuple[str, ...]] = ("xlm-roberta", "roberta")
+    gpu_dtype: ClassVar[str] = "float16"
+    """float16 on a GPU, as the reference's ``use_fp16=True``."""
     """The ``model_type`` values served when ``config.json`` lists no ``architectures``."""
 
     @classmethod
