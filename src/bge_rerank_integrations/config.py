@@ -31,6 +31,7 @@ __all__ = [
     "RemoteSettings",
     "RerankerConfig",
     "ScoringOptions",
+    "check_remote_scoring",
     "setting_doc",
 ]
 
@@ -320,7 +321,7 @@ class RerankerConfig(RemoteSettings, ScoringOptions, LoadSettings):
         if not 0 <= self.batch_wait_ms <= 1000:
             raise ValueError(f"batch_wait_ms must be between 0 and 1000, got {self.batch_wait_ms}")
         if self.backend != "local":
-            _check_remote_scoring(self.scoring)
+            check_remote_scoring(self.scoring)
             if len(self.devices) > 1:
                 raise ValueError("a list of devices needs backend='local'")
 
@@ -356,7 +357,7 @@ def setting_doc(name: str) -> str:
     raise KeyError(name)
 
 
-def _check_remote_scoring(options: ScoringOptions) -> None:
+def check_remote_scoring(options: ScoringOptions) -> None:
     """Refuse scoring options that a serving engine's ``/rerank`` cannot honour."""
     if options.long_passages == "window":
         raise ValueError("long_passages='window' needs backend='local'; serving engines truncate")

@@ -310,7 +310,10 @@ def test_same_settings_share_one_model_loaded_once(
     encoder.score([(QUERY, TEXTS[0])])
     assert first.reranker.is_loaded
     assert len(calls) == 1
-    assert not other.reranker.is_loaded
+    # another batch budget is a scoring option: the same weights and queue, its own budget per call
+    assert other.reranker.is_loaded
+    other.compress_documents(make_docs(), QUERY)
+    assert len(calls) == 1
 
 
 def test_a_given_reranker_is_used_and_reported(model: str) -> None:

@@ -283,12 +283,27 @@ class PackedForward:
             for layer in self.layers:
                 layer.quantize(pack)
             self.int8 = True
+        self.linear_library = "int8 (fbgemm)" if self.int8 else "oneDNN" if onednn else "torch"
+        """What runs the linear layers: ``"oneDNN"`` (fp32 on CPU where it works), ``"int8 (fbgemm)"``
+        or ``"torch"``."""
         logger.info(
             "padding-free forward on %s, attention: %s, linear layers: %s",
             self.device,
             self.attention,
-            "int8 (fbgemm)" if self.int8 else "oneDNN" if onednn else "torch",
+            self.linear_library,
         )
+
+    def use_torch_linears(self) -> None:
+        """Run the linear layers with torch's own ``F.linear`` from now on (rows not rounded up): the
+        baseline the tuned kernels are compared with.
+
+        Raises:
+            ValueError: the linear layers are int8 (their weights are packed for fbgemm).
+        """
+        if self.int8:
+            raise ValueError("int8 linear layers cannot switch to torch's: their weights are packed")
+        self.linear, self.linear_gelu, self.row_multiple = F.linear, _gelu_after(F.linear), 1
+        self.linear_library = "torch"
 
     def __call__(self, batch: Sequence[Sequence[int]]) -> torch.Tensor:
         """fp32 logits ``[len(batch)]`` of the id sequences in ``batch`` (any order, any lengths).

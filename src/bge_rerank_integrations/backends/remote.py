@@ -44,7 +44,7 @@ from typing import Any, ClassVar, TypeVar
 
 import httpx
 
-from bge_rerank_integrations.config import RerankerConfig, ScoringOptions, _check_remote_scoring
+from bge_rerank_integrations.config import RerankerConfig, ScoringOptions, check_remote_scoring
 from bge_rerank_integrations.errors import RemoteBackendError, RerankError
 
 __all__ = [
@@ -661,7 +661,7 @@ class RemoteEngine:
                 ``cutoff_layers``, ``compress_ratio``, ``compress_layers``) that is not ``None``.
         """
         if options is not None:
-            _check_remote_scoring(options)
+            check_remote_scoring(options)
 
     # --- sync -----------------------------------------------------------------------------------
 
