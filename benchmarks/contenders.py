@@ -27,6 +27,7 @@ __all__ = [
     "INSTALL_HINT",
     "Contender",
     "ContenderSpec",
+    "import_flag_class",
     "load_flag_reranker_class",
     "missing_packages",
     "stub_missing_modules",
@@ -356,42 +357,53 @@ def _find_transformers_model(obj: Any) -> Any:
 
 @functools.cache
 def load_flag_reranker_class() -> tuple[Any, str]:
-    """FlagEmbedding's ``FlagReranker`` class, and how it was imported.
+    """FlagEmbedding's ``FlagReranker`` class, and how it was imported (see :func:`import_flag_class`)."""
+    return import_flag_class("FlagReranker", "inference.reranker.encoder_only.base", "BaseReranker")
 
-    ``from FlagEmbedding import FlagReranker`` imports the whole package, training side included
+
+def import_flag_class(name: str, module: str, base: str, *, stub_peft: bool = False) -> tuple[Any, str]:
+    """FlagEmbedding's class ``name``, and how it was imported.
+
+    ``from FlagEmbedding import <name>`` imports the whole package, training side included
     (datasets, peft, pyarrow, ...). Where those are missing (a bare GPU machine with only the wheels
-    this suite carries), the same class is loaded from its own module without the package's
-    ``__init__`` files: the reranker code itself needs only torch, numpy, tqdm and transformers.
+    this suite carries), the same class (``base`` in ``FlagEmbedding.<module>``) is loaded from its
+    own module without the package's ``__init__`` files: the reranker code itself needs only torch,
+    numpy, tqdm and transformers. ``stub_peft``: the LLM rerankers import ``peft`` for ``peft_path``
+    (never passed here); where it is missing a stand-in whose ``PeftModel`` raises takes its place.
     """
     try:
-        from FlagEmbedding import FlagReranker
-
-        return FlagReranker, "from FlagEmbedding import FlagReranker"
-    except ImportError as exc:
+        return getattr(importlib.import_module("FlagEmbedding"), name), f"from FlagEmbedding import {name}"
+    except (ImportError, AttributeError) as exc:
         reason = f"{type(exc).__name__}: {exc}"
     spec = importlib.util.find_spec("FlagEmbedding")
     if spec is None or not spec.submodule_search_locations:
         raise ImportError("FlagEmbedding is not installed") from None
     root = next(iter(spec.submodule_search_locations))
-    for name in list(sys.modules):
-        if name == "FlagEmbedding" or name.startswith("FlagEmbedding."):
-            del sys.modules[name]
-    for pkg in (
-        "",
-        ".abc",
-        ".abc.inference",
-        ".inference",
-        ".inference.reranker",
-        ".inference.reranker.encoder_only",
-        ".utils",
-    ):
-        mod = types.ModuleType("FlagEmbedding" + pkg)
-        mod.__path__ = [root + pkg.replace(".", "/")]
-        sys.modules["FlagEmbedding" + pkg] = mod
+    for loaded in [n for n in sys.modules if n == "FlagEmbedding" or n.startswith("FlagEmbedding.")]:
+        del sys.modules[loaded]
+    parents = module.split(".")[:-1]
+    packages = ["", ".abc", ".abc.inference", ".utils"]  # every package above the class, stood in for
+    packages += ["." + ".".join(parents[: i + 1]) for i in range(len(parents))]
+    packages += [".inference.reranker.encoder_only", ".inference.reranker.decoder_only"]
+    for package in packages:
+        stand_in = types.ModuleType("FlagEmbedding" + package)
+        stand_in.__path__ = [root + package.replace(".", "/")]
+        sys.modules["FlagEmbedding" + package] = stand_in
     abs_reranker = importlib.import_module("FlagEmbedding.abc.inference.AbsReranker")
     sys.modules["FlagEmbedding.abc.inference"].AbsReranker = abs_reranker.AbsReranker  # type: ignore[attr-defined]
-    base = importlib.import_module("FlagEmbedding.inference.reranker.encoder_only.base")
-    return base.BaseReranker, f"FlagEmbedding's encoder_only.base.BaseReranker, imported directly ({reason})"
+    if stub_peft and importlib.util.find_spec("peft") is None:
+        peft = types.ModuleType("peft")
+
+        class PeftModel:
+            @classmethod
+            def from_pretrained(cls, *args: Any, **kwargs: Any) -> Any:
+                raise ImportError("peft is a stand-in here: it is not installed")
+
+        peft.PeftModel = PeftModel  # type: ignore[attr-defined]
+        sys.modules["peft"] = peft
+        reason += "; peft is a stand-in"
+    found = getattr(importlib.import_module("FlagEmbedding." + module), base)
+    return found, f"FlagEmbedding's {module}.{base}, imported directly ({reason})"
 
 
 class _StubFinder(importlib.abc.MetaPathFinder, importlib.abc.Loader):

@@ -21,16 +21,12 @@ from __future__ import annotations
 import argparse
 import datetime as dt
 import functools
-import importlib
-import importlib.util
 import json
 import os
 import platform
 import statistics
 import subprocess
-import sys
 import time
-import types
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -143,45 +139,13 @@ def ours(
 
 @functools.cache
 def flag_llm_reranker_class() -> tuple[Any, str]:
-    """FlagEmbedding's ``FlagLLMReranker``, and how it was imported.
+    """FlagEmbedding's ``FlagLLMReranker``, and how it was imported (see
+    :func:`~benchmarks.contenders.import_flag_class`: ``peft`` may be a stand-in)."""
+    from benchmarks.contenders import import_flag_class
 
-    ``import FlagEmbedding`` pulls in its training side (datasets, peft, ...), which a bare GPU machine
-    with only this suite's wheels lacks. There the class is loaded from its own module with empty
-    packages above it, and ``peft`` (imported for ``peft_path``, which the benchmark never passes)
-    is a stand-in whose ``PeftModel`` raises.
-    """
-    try:
-        from FlagEmbedding import FlagLLMReranker
-
-        return FlagLLMReranker, "from FlagEmbedding import FlagLLMReranker"
-    except ImportError as exc:
-        reason = f"{type(exc).__name__}: {exc}"
-    spec = importlib.util.find_spec("FlagEmbedding")
-    if spec is None or not spec.submodule_search_locations:
-        raise ImportError("FlagEmbedding is not installed") from None
-    root = next(iter(spec.submodule_search_locations))
-    for name in [n for n in sys.modules if n == "FlagEmbedding" or n.startswith("FlagEmbedding.")]:
-        del sys.modules[name]
-    packages = ("", ".abc", ".abc.inference", ".inference", ".inference.reranker", ".utils")
-    for package in (*packages, ".inference.reranker.encoder_only", ".inference.reranker.decoder_only"):
-        module = types.ModuleType("FlagEmbedding" + package)
-        module.__path__ = [root + package.replace(".", "/")]
-        sys.modules["FlagEmbedding" + package] = module
-    abs_reranker = importlib.import_module("FlagEmbedding.abc.inference.AbsReranker")
-    sys.modules["FlagEmbedding.abc.inference"].AbsReranker = abs_reranker.AbsReranker  # type: ignore[attr-defined]
-    if importlib.util.find_spec("peft") is None:
-        peft = types.ModuleType("peft")
-
-        class PeftModel:
-            @classmethod
-            def from_pretrained(cls, *args: Any, **kwargs: Any) -> Any:
-                raise ImportError("peft is a stand-in here: it is not installed")
-
-        peft.PeftModel = PeftModel  # type: ignore[attr-defined]
-        sys.modules["peft"] = peft
-        reason += "; peft is a stand-in"
-    base = importlib.import_module("FlagEmbedding.inference.reranker.decoder_only.base")
-    return base.BaseLLMReranker, f"decoder_only.base.BaseLLMReranker, imported directly ({reason})"
+    return import_flag_class(
+        "FlagLLMReranker", "inference.reranker.decoder_only.base", "BaseLLMReranker", stub_peft=True
+    )
 
 
 REFERENCE_CLASS = {
