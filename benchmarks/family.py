@@ -19,20 +19,17 @@ transformers 5). Before timing, each contender's warm-up scores are compared wit
 from __future__ import annotations
 
 import argparse
-import datetime as dt
 import functools
 import json
 import os
-import platform
-import statistics
-import subprocess
-import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-__all__ = ["REDUCED_SHAPES", "SCALES", "FamilyScale", "machine_facts", "main", "run_family"]
+from benchmarks.harness import machine_info, machine_line, markdown_table, percentile, timed
+
+__all__ = ["REDUCED_SHAPES", "SCALES", "FamilyScale", "main", "run_family"]
 
 Scorer = Callable[[str, Sequence[str]], list[float]]
 
@@ -56,67 +53,15 @@ SCALES: dict[str, FamilyScale] = {
 }
 
 
-def _shapes() -> dict[str, dict[str, Any]]:
-    from bge_rerank_integrations.testing import FULL_DECODER_SHAPES, TINY_DECODER_SHAPES, DecoderShape
-
-    # Reduced: a CPU-sized model of each architecture. v2-gemma keeps its LM head's share of the work
-    # (about a quarter of a token's multiply-adds in Gemma-2B), which the reference computes for
-    # every position and vocabulary entry: vocabulary 16384 at hidden 512 and 4 layers.
-    reduced = {
-        "v2-gemma": DecoderShape(
-            kind="v2-gemma",
-            num_hidden_layers=4,
-            hidden_size=512,
-            num_attention_heads=4,
-            num_key_value_heads=1,
-            head_dim=128,
-            intermediate_size=4096,
-            vocab_size=16384,
-            initializer_range=0.02,
-        ),
-        "v2-minicpm-layerwise": DecoderShape(
-            kind="v2-minicpm-layerwise",
-            num_hidden_layers=6,
-            hidden_size=512,
-            num_attention_heads=8,
-            num_key_value_heads=8,
-            head_dim=64,
-            intermediate_size=1280,
-            start_layer=2,
-            initializer_range=0.02,
-        ),
-        "v2.5-gemma2-lightweight": DecoderShape(
-            kind="v2.5-gemma2-lightweight",
-            num_hidden_layers=6,
-            hidden_size=512,
-            num_attention_heads=4,
-            num_key_value_heads=2,
-            head_dim=128,
-            intermediate_size=2048,
-            vocab_size=16384,
-            start_layer=2,
-            initializer_range=0.02,
-        ),
-    }
-    tiny: dict[str, Any] = dict(TINY_DECODER_SHAPES.items())
-    full: dict[str, Any] = dict(FULL_DECODER_SHAPES.items())
-    return {"tiny": tiny, "small": reduced, "full": full}
-
-
 REDUCED_SHAPES = "small"
-"""The ``--subject`` of the CPU run (see :func:`_shapes`)."""
+"""The ``--subject`` of the CPU run (see :data:`~benchmarks.subjects.DECODER_SUBJECTS`)."""
 
 
 def build_subject(kind: str, subject: str, models: Path) -> Path:
     """The random model of ``kind`` at ``subject`` size, built into ``models`` once (reused after)."""
-    from bge_rerank_integrations.testing import build_decoder_test_model, decoder_model_marker
+    from benchmarks.subjects import build_decoder_subject
 
-    shape = _shapes()[subject][kind]
-    folder = models / f"{kind}-{subject}"
-    marker = folder / "bge_test_model.json"
-    if marker.is_file() and json.loads(marker.read_text()) == decoder_model_marker(shape):
-        return folder
-    return build_decoder_test_model(folder, shape=shape)
+    return build_decoder_subject(kind, subject, models)
 
 
 # -- contenders ------------------------------------------------------------------------------------
@@ -218,7 +163,7 @@ def run_family(
         "subject": subject,
         "scale": scale,
         "max_batch_tokens": budget,
-        "machine": machine_facts(device),
+        "machine": machine_info(device),
         "kinds": {},
     }
     for kind in kinds:
@@ -238,7 +183,7 @@ def run_family(
             scorers[name] = scorer
         report["kinds"][kind] = {"folder": str(folder), "paths": paths, "workloads": {}}
         for wname, (warm, calls) in workloads(folder, sc).items():
-            result = _time_workload(scorers, warm, calls)
+            result = _time_workload(scorers, warm, calls, device)
             report["kinds"][kind]["workloads"][wname] = result
             _write(report, out)
         del scorers
@@ -265,7 +210,7 @@ def reference(kind: str, folder: Path, device: str, half: str | None, max_length
     return score
 
 
-def _time_workload(scorers: dict[str, Scorer], warm: Call, calls: list[Call]) -> dict[str, Any]:
+def _time_workload(scorers: dict[str, Scorer], warm: Call, calls: list[Call], device: str) -> dict[str, Any]:
     names = list(scorers)
     warm_scores = {name: _score_call(scorers[name], warm) for name in names}
     base = warm_scores[names[0]]
@@ -273,9 +218,8 @@ def _time_workload(scorers: dict[str, Scorer], warm: Call, calls: list[Call]) ->
     for index, call in enumerate(calls):
         order = names[index % len(names) :] + names[: index % len(names)]  # rotate who goes first
         for name in order:
-            start = time.perf_counter()
-            _score_call(scorers[name], call)
-            times[name].append(time.perf_counter() - start)
+            _, seconds = timed(functools.partial(_score_call, scorers[name], call), device)
+            times[name].append(seconds)
     pairs = sum(len(c.pairs) for c in calls)
     result: dict[str, Any] = {"pairs": pairs, "calls": len(calls), "contenders": {}}
     for name in names:
@@ -284,70 +228,24 @@ def _time_workload(scorers: dict[str, Scorer], warm: Call, calls: list[Call]) ->
         result["contenders"][name] = {
             "seconds": seconds,
             "pairs_per_s": pairs / sum(seconds),
-            "p50_s": statistics.median(seconds),
-            "p90_s": _p90(seconds),
+            "p50_s": percentile(seconds, 0.5),
+            "p90_s": percentile(seconds, 0.9),
             "warmup_max_abs_delta": delta,
         }
     return result
 
 
-def _p90(values: list[float]) -> float:
-    ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, round(0.9 * (len(ordered) - 1)))]
-
-
-def machine_facts(device: str) -> dict[str, Any]:
-    """The machine as ``lscpu`` and the libraries describe it, and its load when the run starts."""
-    import torch
-    import transformers
-
-    try:
-        lscpu = subprocess.run(["lscpu"], capture_output=True, text=True, timeout=10, check=False).stdout
-    except (OSError, subprocess.SubprocessError):
-        lscpu = ""
-    facts: dict[str, Any] = {
-        "date": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
-        "python": platform.python_version(),
-        "torch": torch.__version__,
-        "transformers": transformers.__version__,
-        "cpu_count": os.cpu_count(),
-        "torch_threads": torch.get_num_threads(),
-        "loadavg_start": os.getloadavg(),
-        "device": device,
-        "lscpu": lscpu,
-    }
-    if device.startswith("cuda"):
-        props = torch.cuda.get_device_properties(torch.device(device))
-        facts["gpu"] = props.name
-        facts["gpu_memory_gib"] = round(props.total_memory / 2**30, 1)
-    return facts
-
-
-def _lscpu_line(lscpu: str, key: str) -> str:
-    for line in lscpu.splitlines():
-        name, _, value = line.partition(":")
-        if name.strip() == key:
-            return value.strip()
-    return "?"
-
-
 def markdown(report: dict[str, Any]) -> str:
     """The report's tables: one per kind and workload, and a summary of the ratios."""
     m = report["machine"]
-    cpu = _lscpu_line(m["lscpu"], "Model name")
+    end = f" Load average at the end {m['loadavg_end'][0]:.2f}." if "loadavg_end" in m else ""
     lines = [
         f"# Decoder-only rerankers: this package beside FlagEmbedding ({report['subject']} subjects)",
         "",
-        f"{m['date']}; {cpu}, {_lscpu_line(m['lscpu'], 'CPU(s)')} CPUs, torch {m['torch']} "
-        f"({m['torch_threads']} threads), transformers {m['transformers']}, device {m['device']}"
-        + (f" ({m['gpu']})" if "gpu" in m else "")
-        + f"; load average {m['loadavg_start'][0]:.1f} at the start"
-        + (f", {m['loadavg_end'][0]:.1f} at the end" if "loadavg_end" in m else "")
-        + f"; max_batch_tokens {report['max_batch_tokens']}.",
+        f"{machine_line(m)}{end} Device {m['device']}; max_batch_tokens {report['max_batch_tokens']}.",
         "",
-        "| kind | workload | contender | path | pairs/s | p50 s | p90 s | x reference | warm-up max abs d |",
-        "|---|---|---|---|---:|---:|---:|---:|---:|",
     ]
+    rows: list[list[object]] = []
     for kind, entry in report["kinds"].items():
         for wname, result in entry["workloads"].items():
             contenders = result["contenders"]
@@ -355,10 +253,11 @@ def markdown(report: dict[str, Any]) -> str:
             ref_rate = contenders[refs[0]]["pairs_per_s"] if refs else None
             for name, c in contenders.items():
                 ratio = f"{c['pairs_per_s'] / ref_rate:.2f}" if ref_rate else "-"
-                lines.append(
-                    f"| {kind} | {wname} | {name} | {entry['paths'][name]} | {c['pairs_per_s']:.1f} | "
-                    f"{c['p50_s']:.3f} | {c['p90_s']:.3f} | {ratio} | {c['warmup_max_abs_delta']:.1e} |"
-                )
+                rates = (f"{c['pairs_per_s']:.1f}", f"{c['p50_s']:.3f}", f"{c['p90_s']:.3f}", ratio)
+                delta = f"{c['warmup_max_abs_delta']:.1e}"
+                rows.append([kind, wname, name, entry["paths"][name], *rates, delta])
+    headers = ["kind", "workload", "contender", "path", "pairs/s", "p50 s", "p90 s", "x reference"]
+    lines += markdown_table([*headers, "warm-up max abs d"], rows, numeric="llllrrrrr")
     return "\n".join(lines) + "\n"
 
 
