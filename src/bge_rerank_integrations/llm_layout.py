@@ -189,12 +189,7 @@ class LLMPairEncoder:
             passage_instruction_format: Template of (instruction, passage).
             truncation_side: The tokenizer's ``truncation_side`` (which end of a text is cut).
         """
-        if max_length < 1:
-            raise ValueError(f"max_length must be at least 1, got {max_length}")
-        if query_max_length is None:
-            query_max_length = max_length * 3 // 4
-        if query_max_length < 1:
-            raise ValueError(f"query_max_length must be at least 1, got {query_max_length}")
+        query_max_length = _checked_lengths(max_length, query_max_length)
         if truncation_side not in ("left", "right"):
             raise ValueError(f"truncation_side must be 'left' or 'right', got {truncation_side!r}")
         if kind.always_bos and bos_id is None:
@@ -225,12 +220,7 @@ class LLMPairEncoder:
         The instruction templates, ``<bos>`` and truncation side stay; ``prompt=None`` is the kind's
         default prompt.
         """
-        if max_length < 1:
-            raise ValueError(f"max_length must be at least 1, got {max_length}")
-        if query_max_length is None:
-            query_max_length = max_length * 3 // 4
-        if query_max_length < 1:
-            raise ValueError(f"query_max_length must be at least 1, got {query_max_length}")
+        query_max_length = _checked_lengths(max_length, query_max_length)
         other = copy.copy(self)
         other.max_length = max_length
         other.query_max_length = query_max_length
@@ -296,6 +286,17 @@ class LLMPairEncoder:
 
     def _ids(self, texts: list[str]) -> list[list[int]]:
         return text_ids(self._tokenizer, texts)
+
+
+def _checked_lengths(max_length: int, query_max_length: int | None) -> int:
+    """``query_max_length`` resolved (``None``: the reference's ``max_length * 3 // 4``), both checked."""
+    if max_length < 1:
+        raise ValueError(f"max_length must be at least 1, got {max_length}")
+    if query_max_length is None:
+        query_max_length = max_length * 3 // 4
+    if query_max_length < 1:
+        raise ValueError(f"query_max_length must be at least 1, got {query_max_length}")
+    return query_max_length
 
 
 def _template(instruction: str | None, template: str) -> Callable[[str], str]:
