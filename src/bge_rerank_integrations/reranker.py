@@ -28,6 +28,7 @@ from bge_rerank_integrations.config import (
     LongPassages,
     RerankerConfig,
     ScoringOptions,
+    check_remote_scoring,
 )
 from bge_rerank_integrations.errors import RerankError
 
@@ -435,14 +436,14 @@ class Reranker:
     def _options(self, overrides: dict[str, Any]) -> ScoringOptions:
         """This reranker's scoring options with a call's ``overrides``, checked before anything is queued.
 
-        Checked against the whole settings, so that an option a remote engine cannot honour (windows)
-        is refused as it is at construction.
+        On a remote reranker the options a serving engine cannot honour (windows, the LLM kinds'
+        options) are refused here, by the same check as at construction.
         """
         if not overrides:
             return self._scoring
         options = self._scoring.replace(**overrides)  # unknown names: a TypeError listing the options
         if self.config.backend != "local":
-            self.config.replace(**overrides)
+            check_remote_scoring(options)
         return options
 
     def _score(
