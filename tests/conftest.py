@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -51,3 +52,19 @@ def own_model_dir(model_dir: Path, tmp_path: Path) -> Path:
     own = tmp_path / "own-model"
     own.symlink_to(model_dir, target_is_directory=True)
     return own
+
+
+@pytest.fixture
+def loads(monkeypatch: pytest.MonkeyPatch) -> list[str]:
+    """The model folders ``AutoModelForSequenceClassification.from_pretrained`` loads, in order."""
+    import transformers
+
+    seen: list[str] = []
+    original = transformers.AutoModelForSequenceClassification.from_pretrained
+
+    def counting(model: str, *args: Any, **kwargs: Any) -> Any:
+        seen.append(str(model))
+        return original(model, *args, **kwargs)
+
+    monkeypatch.setattr(transformers.AutoModelForSequenceClassification, "from_pretrained", counting)
+    return seen

@@ -4,10 +4,8 @@ reranker with its options does on its own."""
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
 
 import pytest
-import transformers
 
 from bge_rerank_integrations import Reranker
 from bge_rerank_integrations.langchain import BGERerankCompressor
@@ -18,7 +16,7 @@ from .test_copy_and_close import IDS, haystack_run, langchain_compress
 
 
 def test_haystack_and_langchain_adapters_with_different_lengths_share_one_load(
-    model_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    model_dir: Path, tmp_path: Path, loads: list[str]
 ) -> None:
     folder = tmp_path / "model"  # a name of its own: no other test's reranker holds these weights
     folder.symlink_to(model_dir, target_is_directory=True)
@@ -28,14 +26,7 @@ def test_haystack_and_langchain_adapters_with_different_lengths_share_one_load(
             expected[max_length] = dict(zip(IDS, alone.score(QUERY, TEXTS, normalize=True), strict=True))
     assert expected[24] != expected[512]  # the lengths really score differently
 
-    loads: list[str] = []
-    original = transformers.AutoModelForSequenceClassification.from_pretrained
-
-    def counting(model: str, *args: Any, **kwargs: Any) -> Any:
-        loads.append(str(model))
-        return original(model, *args, **kwargs)
-
-    monkeypatch.setattr(transformers.AutoModelForSequenceClassification, "from_pretrained", counting)
+    loads.clear()  # count from here: the two rerankers above loaded (and freed) their own
     ranker = BGERanker(model=folder, max_length=24, top_k=len(TEXTS))
     compressor = BGERerankCompressor(model=str(folder), max_length=512, top_n=None)
     ranked = dict(haystack_run(ranker))  # what BM25 retrieved (the documents sharing a query word)

@@ -11,7 +11,6 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-import transformers
 
 from bge_rerank_integrations import Reranker
 from bge_rerank_integrations.backends.local import resolve_device
@@ -34,20 +33,6 @@ SECOND: dict[str, Any] = {
     "normalize": True,
     "batch_wait_ms": 1.0,
 }
-
-
-@pytest.fixture
-def loads(monkeypatch: pytest.MonkeyPatch) -> list[str]:
-    """The model folders ``AutoModelForSequenceClassification.from_pretrained`` loads, in order."""
-    seen: list[str] = []
-    original = transformers.AutoModelForSequenceClassification.from_pretrained
-
-    def counting(model: str, *args: Any, **kwargs: Any) -> Any:
-        seen.append(str(model))
-        return original(model, *args, **kwargs)
-
-    monkeypatch.setattr(transformers.AutoModelForSequenceClassification, "from_pretrained", counting)
-    return seen
 
 
 @pytest.fixture
