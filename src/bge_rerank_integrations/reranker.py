@@ -168,7 +168,8 @@ class Reranker:
 
         ``config`` still sets the rest (the default scoring options of each call, ``normalize``,
         ``batch_wait_ms`` of the queue). The reranker owns what it is given: :meth:`close` closes it,
-        and a copy of the reranker copies it.
+        and a deep copy or a pickle of the reranker copies it (unloaded); a shallow ``copy.copy``
+        shares it, so closing either closes it for both.
 
         Raises:
             ValueError: both ``backends`` and ``engine`` are given, or ``backends`` is empty.

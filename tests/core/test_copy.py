@@ -97,6 +97,31 @@ def test_a_reranker_on_given_backends_scores_with_them_and_copies_them() -> None
         Reranker.from_config(RerankerConfig(), backends=[])
 
 
+@pytest.mark.parametrize("how", ["deepcopy", "pickle"])  # a shallow copy shares what it was given
+def test_a_reranker_on_given_local_backends_or_engine_copies_with_nothing_loaded(
+    model_dir: Path, how: str
+) -> None:
+    from bge_rerank_integrations.backends.local import LocalBackend
+    from bge_rerank_integrations.backends.queued import QueuedEngine
+
+    config = RerankerConfig(model=str(model_dir), device="cpu")
+    padded = LocalBackend(config, padding_free=False)
+    rerankers = [
+        Reranker.from_config(config, backends=[padded]),
+        Reranker.from_config(config, engine=QueuedEngine([padded, padded], batch_wait_ms=2.0)),
+    ]
+    for rr in rerankers:
+        expected = rr.score(QUERY, PASSAGES[:6])
+        copied = COPIES[how](rr)
+        assert copied is not rr
+        assert not copied.is_loaded  # settings travel, never weights, threads or locks
+        assert copied.score(QUERY, PASSAGES[:6]) == pytest.approx(expected, abs=1e-6)
+        assert copied.stats.computed_tokens > copied.stats.real_tokens  # still the padded forward
+        copied.close()
+        assert rr.score(QUERY, PASSAGES[:6]) == pytest.approx(expected, abs=1e-6)  # the original lives on
+        rr.close()
+
+
 # --- across processes --------------------------------------------------------------------------
 
 

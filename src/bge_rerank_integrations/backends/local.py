@@ -153,6 +153,11 @@ class LocalBackend:
         self._weights: LoadedWeights | None = None
         self.stats = ForwardStats()
 
+    def __reduce__(self) -> tuple[Any, ...]:
+        """A copy is a new, unloaded backend with the same settings, device and ``padding_free``."""
+        rebuild = functools.partial(type(self), padding_free=self.padding_free)
+        return (rebuild, (self.config, self._device_name))
+
     @property
     def is_loaded(self) -> bool:
         """Whether weights and tokenizer are in memory."""

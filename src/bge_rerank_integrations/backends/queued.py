@@ -13,7 +13,7 @@ import functools
 import math
 import threading
 from collections.abc import Sequence
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from bge_rerank_integrations.errors import RerankError
 from bge_rerank_integrations.scheduler import BatchScheduler
@@ -48,6 +48,8 @@ class QueuedEngine:
             raise ValueError("backends must hold at least one backend")
         self._workers = list(backends)
         self._backends = tuple(dict.fromkeys(backends))  # each once, in order
+        self._batch_wait_ms = batch_wait_ms
+        self._dtype = dtype
         self._scheduler: BatchScheduler[ScoringOptions] = BatchScheduler(
             [functools.partial(_checked_logits, backend, dtype) for backend in self._workers],
             max_wait=batch_wait_ms / 1000,
@@ -55,6 +57,12 @@ class QueuedEngine:
         )
         self._close_lock = threading.Lock()
         self._closed = False
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        """A copy is a new engine (no queue or threads yet) over copies of the backends, the same
+        backend listed as often as here."""
+        rebuild = functools.partial(type(self), batch_wait_ms=self._batch_wait_ms, dtype=self._dtype)
+        return (rebuild, (self._workers,))
 
     @property
     def backends(self) -> tuple[Backend, ...]:
