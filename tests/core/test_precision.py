@@ -48,6 +48,39 @@ def test_reduced_precision_stays_within_its_bound_of_fp32_and_keeps_clearly_sepa
     assert all(scores[i] > scores[j] for i, j in separated)
 
 
+def test_bf16_cpu_forward_packs_weights_once_and_attends_short_pairs_by_matmul(model_dir: Path) -> None:
+    """bf16 on CPU: oneDNN linears on weights packed at load, short pairs' attention as matmuls.
+
+    Both rearrange the same bf16 arithmetic (the matmul attention also rounds the scores to bf16
+    before its fp32 softmax), so each stays within bf16's bound of fp32 (the test above) and close
+    to the plain bf16 forward (torch's linears, flash attention): on these pairs up to about 0.15
+    apart over five seeds, about the plain forward's own 0.1-0.2 from fp32.
+    """
+    pairs = workload(80, seed=1)
+    exact = Reranker(model_dir, device="cpu").score_pairs(pairs)
+    reranker = Reranker(model_dir, device="cpu", dtype="bfloat16", max_batch_tokens=3000).load()
+    forward = cross_encoder(reranker).packed
+    assert forward is not None
+    assert forward.linear_library == "oneDNN, prepacked"
+    assert all(not isinstance(layer.up[0], torch.nn.Parameter) for layer in forward.layers)
+    lengths = sorted(len(ids) for ids in reranker.encode_pairs(pairs))
+    assert forward.matmul_attention_tokens >= lengths[-1]  # every pair here takes the matmul way
+    default = reranker.score_pairs(pairs)
+    forward.matmul_attention_tokens = lengths[len(lengths) // 2]  # about half the pairs each way
+    mixed = reranker.score_pairs(pairs)
+    forward.matmul_attention_tokens = 0
+    flash = reranker.score_pairs(pairs)
+    forward.use_torch_linears()
+    assert forward.linear_library == "torch"
+    plain = reranker.score_pairs(pairs)
+    assert default != plain  # the choices really switched
+    assert mixed != default
+    for scores in (default, mixed, flash, plain):
+        assert scores == pytest.approx(exact, abs=BOUNDS["bfloat16"])
+    for scores in (default, mixed, flash):
+        assert scores == pytest.approx(plain, abs=0.25)
+
+
 def test_int8_keeps_the_query_order_of_a_real_request(model_dir: Path) -> None:
     """Through the public score(): the best passage of a request stays first (a clear winner)."""
     pairs = workload(40, seed=4)

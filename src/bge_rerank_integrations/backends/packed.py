@@ -18,6 +18,7 @@ does not fit, and the backend then keeps the ``transformers`` forward.
 
 from __future__ import annotations
 
+import copy
 import itertools
 import logging
 import warnings
@@ -128,10 +129,60 @@ def _onednn_linears() -> tuple[_Linear, _Linear] | None:
     return linear, linear_gelu
 
 
-_Int8Pack = Callable[[torch.Tensor, torch.Tensor], Any]  # (weight, bias) -> the kernel's packed weight
+_Pack = Callable[[torch.Tensor, torch.Tensor], Any]  # (weight, bias) -> the kernel's packed weight
 
 
-def _int8_linears() -> tuple[_Int8Pack, _Linear, _Linear] | None:
+def _prepacked_bf16_linears() -> tuple[_Pack, _Linear, _Linear] | None:
+    """oneDNN's bf16 linear layer, and the same with GELU fused, on weights packed once at load.
+
+    torch's bf16 ``F.linear`` on CPU also runs oneDNN, but reorders the weight into
+    oneDNN's blocked layout on every call; packing once and fusing the GELU made the bf16 forward
+    1.10x faster (benchmarks/RESULTS.md), for a second copy of the linear weights (the
+    ``transformers`` module keeps its own for padded batches). Probed once, like the fp32 path.
+    """
+    op: Any = getattr(torch.ops.mkldnn, "_linear_pointwise", None)
+    reorder: Any = getattr(torch.ops.mkldnn, "_reorder_linear_weight", None)
+
+    def pack(weight: torch.Tensor, bias: torch.Tensor) -> Any:
+        return reorder(weight.detach().contiguous(), _PACK_ROWS_HINT)
+
+    def linear(x: torch.Tensor, packed: Any, bias: torch.Tensor) -> torch.Tensor:
+        out: torch.Tensor = op(x, packed, bias, "none", [], "")
+        return out
+
+    def linear_gelu(x: torch.Tensor, packed: Any, bias: torch.Tensor) -> torch.Tensor:
+        out: torch.Tensor = op(x, packed, bias, "gelu", [], "none")  # "none": erf, not tanh
+        return out
+
+    def agrees() -> bool:
+        if op is None or reorder is None:
+            raise RuntimeError("torch.ops.mkldnn lacks _linear_pointwise or _reorder_linear_weight")
+        gen = torch.Generator().manual_seed(0)
+        shapes = ((37, 96), (80, 96), (80,))
+        x, weight, bias = (torch.randn(*shape, generator=gen).bfloat16() for shape in shapes)
+        packed = pack(weight, bias)
+        with torch.inference_mode():
+            plain = F.linear(x.float(), weight.float(), bias.float())
+            bound = 0.02 * plain.abs().max()  # bf16 rounding, not a wrong kernel
+            ok = (linear(x, packed, bias).float() - plain).abs().max() <= bound
+            gelu = (linear_gelu(x, packed, bias).float() - F.gelu(plain)).abs().max() <= bound
+            return bool(ok and gelu)
+
+    if not _passes_self_check("prepacked oneDNN bf16 linear layers", "fp32", agrees):
+        return None
+    return pack, linear, linear_gelu
+
+
+_BF16_MATMUL_ATTENTION_TOKENS = 1024
+"""In bf16 on CPU, pairs up to this long attend through oneDNN matmuls and a float softmax:
+torch's flash kernel there ran 1.09x slower on the interactive workload; beyond it the ``[heads,
+length, length]`` scores outgrow the cache and flash wins (benchmarks/RESULTS.md)."""
+
+_PACK_ROWS_HINT = 2048
+"""The row count oneDNN packs the weights for (the CPU chunks' order of size); any row count runs."""
+
+
+def _int8_linears() -> tuple[_Pack, _Linear, _Linear] | None:
     """Dynamic int8 linear layers (fbgemm), if they run here and agree with fp32 within int8's noise.
 
     Returns how to pack a layer's weight once, and the linear layer without and with (exact) GELU,
@@ -209,9 +260,13 @@ class _Layer:
         self.down = (layer.output.dense.weight, layer.output.dense.bias)
         self.ln2 = (layer.output.LayerNorm.weight, layer.output.LayerNorm.bias, layer.output.LayerNorm.eps)
 
-    def quantize(self, pack: _Int8Pack) -> None:
-        """Replace every linear layer's weight by ``pack(weight, bias)`` (the bias stays for the call)."""
-        for name in ("qkv", "q", "kv", "out", "up", "down"):
+    def pack_weights(self, pack: _Pack, *, last: bool) -> None:
+        """Replace the linear layers' weights by ``pack(weight, bias)`` (the bias stays for the call).
+
+        The query and key/value parts are packed apart only for the ``last`` layer, the one that runs
+        them (:meth:`PackedForward._last_layer`): packed, they would be copies, not views.
+        """
+        for name in ("qkv", "out", "up", "down", *(("q", "kv") if last else ())):
             weight, bias = getattr(self, name)
             setattr(self, name, (pack(weight, bias), bias))
 
@@ -265,27 +320,39 @@ class PackedForward:
             self.attention = "varlen"
         self.linear: _Linear = F.linear
         self.linear_gelu = _gelu_after(F.linear)
-        # On CPU the linear layers run on oneDNN (fp32 by our choice, bf16/fp16 inside torch), which
+        # On CPU the linear layers run on oneDNN (fp32 and bf16 by our choice, fp16 inside torch), which
         # builds and caches a kernel per matrix shape (memory grows with every new token count):
         # rounding the row count up keeps the shapes to a few dozen, for at most 63 spare rows a pass.
         self.row_multiple = _CPU_ROW_MULTIPLE if self.device.type == "cpu" else 1
         self.computed_rows = 0
-        onednn = _onednn_linears() if self.device.type == "cpu" and self.word.dtype == torch.float32 else None
+        cpu = self.device.type == "cpu"
+        onednn = _onednn_linears() if cpu and self.word.dtype == torch.float32 else None
         if onednn is not None:
             self.linear, self.linear_gelu = onednn
         self.int8 = False
         """Whether the encoder's linear layers run in int8 (asked for, and the kernels work here)."""
+        self._dense_layers = self.layers  # views of the module's weights, for use_torch_linears
         int8_ops = _int8_linears() if int8 else None
-        if int8 and (int8_ops is None or self.device.type != "cpu" or self.word.dtype != torch.float32):
+        packing: tuple[_Pack, _Linear, _Linear] | None = None
+        if int8 and (int8_ops is None or not cpu or self.word.dtype != torch.float32):
             logger.warning("int8 linear layers unavailable (CPU and fp32 weights only); running fp32")
         elif int8_ops is not None:
-            pack, self.linear, self.linear_gelu = int8_ops
-            for layer in self.layers:
-                layer.quantize(pack)
-            self.int8 = True
-        self.linear_library = "int8 (fbgemm)" if self.int8 else "oneDNN" if onednn else "torch"
-        """What runs the linear layers: ``"oneDNN"`` (fp32 on CPU where it works), ``"int8 (fbgemm)"``
-        or ``"torch"``."""
+            packing, self.int8 = int8_ops, True
+        elif cpu and self.word.dtype == torch.bfloat16:  # fp16 on CPU: oneDNN needs AVX-512 FP16
+            packing = _prepacked_bf16_linears()
+        if packing is not None:
+            pack, self.linear, self.linear_gelu = packing
+            self.layers = [copy.copy(layer) for layer in self._dense_layers]
+            for i, layer in enumerate(self.layers):
+                layer.pack_weights(pack, last=i == len(self.layers) - 1)
+        bf16_packed = packing is not None and not self.int8
+        library = "oneDNN, prepacked" if bf16_packed else "oneDNN" if onednn else "torch"
+        self.linear_library = "int8 (fbgemm)" if self.int8 else library
+        """What runs the linear layers: ``"oneDNN"`` (fp32 on CPU where it works), ``"oneDNN,
+        prepacked"`` (bf16 on CPU), ``"int8 (fbgemm)"`` or ``"torch"``."""
+        self.matmul_attention_tokens = _BF16_MATMUL_ATTENTION_TOKENS if bf16_packed else 0
+        """Per-pair attention of pairs up to this many tokens as two matrix multiplies and a softmax
+        instead of torch's flash kernel (0: never); see :class:`_Attention`."""
         logger.info(
             "padding-free forward on %s, attention: %s, linear layers: %s",
             self.device,
@@ -297,11 +364,9 @@ class PackedForward:
         """Run the linear layers with torch's own ``F.linear`` from now on (rows not rounded up): the
         baseline the tuned kernels are compared with.
 
-        Raises:
-            ValueError: the linear layers are int8 (their weights are packed for fbgemm).
+        Packed weights (int8, or bf16 on CPU) give way to the module's own.
         """
-        if self.int8:
-            raise ValueError("int8 linear layers cannot switch to torch's: their weights are packed")
+        self.layers, self.int8 = self._dense_layers, False
         self.linear, self.linear_gelu, self.row_multiple = F.linear, _gelu_after(F.linear), 1
         self.linear_library = "torch"
 
@@ -362,7 +427,8 @@ class PackedForward:
         h += self.position[positions]
         h += self.token_type0
         h = F.layer_norm(h, (self.hidden,), *self.ln0)
-        return h, _Attention(bounds, self.heads, self.device, self.attention), starts
+        attend = _Attention(bounds, self.heads, self.device, self.attention, self.matmul_attention_tokens)
+        return h, attend, starts
 
     def encoder_layer(self, h: torch.Tensor, layer: _Layer, attend: _Attention) -> torch.Tensor:
         """One encoder layer over the packed rows ``h``: ``layer``'s weights, ``attend`` the pairs' attention.
@@ -435,11 +501,16 @@ class _Attention:
     precision, torch >= 2.9); ``"padded"``, the pairs gathered into a padded ``[pairs, longest]``
     block for one masked ``scaled_dot_product_attention`` call (other CUDA cases: padding costs only
     attention, not the linear layers); ``"per-pair"``, one call per pair on views of the packed
-    matrix (CPU: a few microseconds each, where the matrix multiplies dominate).
+    matrix (CPU: a few microseconds each, where the matrix multiplies dominate). Per pair, a pair of
+    at most ``matmul_up_to`` tokens runs ``softmax(q k^T / sqrt(d)) v`` as two batched matmuls over
+    its heads, the softmax in fp32 (bf16 on CPU, where that beats the flash kernel).
     """
 
-    def __init__(self, bounds: list[int], heads: int, device: torch.device, mode: str) -> None:
+    def __init__(
+        self, bounds: list[int], heads: int, device: torch.device, mode: str, matmul_up_to: int = 0
+    ) -> None:
         self.bounds = bounds
+        self.matmul_up_to = matmul_up_to
         self.heads = heads
         self.mode = mode
         self.device = device
@@ -528,8 +599,15 @@ class _Attention:
         split = qkv.view(rows, 3, self.heads, dim)  # [rows, 3, heads, dim]
         out = qkv.new_empty(rows, self.heads, dim)
         out[self.bounds[-1] :] = 0
+        scale = dim**-0.5
         for start, stop in itertools.pairwise(self.bounds):
-            # per pair [1, heads, length, dim] views of the packed matrix, no copies
-            q, k, v = (split[start:stop, i].transpose(0, 1).unsqueeze(0) for i in range(3))
-            out[start:stop] = F.scaled_dot_product_attention(q, k, v)[0].transpose(0, 1)
+            # per pair [heads, length, dim] views of the packed matrix, no copies
+            q, k, v = (split[start:stop, i].transpose(0, 1) for i in range(3))
+            if stop - start <= self.matmul_up_to:
+                scores = torch.matmul(q, k.transpose(1, 2)).float().mul_(scale)
+                weights = scores.softmax(-1).to(qkv.dtype)
+                out[start:stop] = torch.matmul(weights, v).transpose(0, 1)
+            else:
+                attended = F.scaled_dot_product_attention(q.unsqueeze(0), k.unsqueeze(0), v.unsqueeze(0))
+                out[start:stop] = attended[0].transpose(0, 1)
         return out.view(rows, hidden)
