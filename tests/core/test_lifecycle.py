@@ -11,10 +11,12 @@ import textwrap
 import threading
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
+from typing import Any
 
 import pytest
 
-from bge_rerank_integrations import Reranker, RerankError
+from bge_rerank_integrations import Reranker, RerankerConfig, RerankError
+from bge_rerank_integrations.backends.local import LocalBackend
 from tests.resources import memory_bound, rss_bytes, still_running
 
 from .loopback import tei_logit, tei_server
@@ -278,3 +280,30 @@ def test_the_interpreter_exits_without_waiting_for_a_worker(model_dir: Path, cas
         pytest.fail(f"the interpreter did not exit: a thread kept it waiting\n{exc.stderr!r:.3000}")
     assert "main thread done" in done.stdout, done.stderr[-3000:]
     assert done.returncode == 0, done.stderr[-3000:]
+
+
+def test_load_happens_on_the_worker_thread_that_computes_the_passes(model_dir: Path) -> None:
+    """Loading runs parallel torch operations, which give the loading thread a torch (OpenMP) thread
+    team; a pass computed beside a second team ran 1.2-1.5x slower on CPU (benchmarks/RESULTS.md),
+    so ``load()`` loads on the scoring thread, not the caller's."""
+    threads: dict[str, set[str]] = {"load": set(), "score": set()}
+
+    class Recording(LocalBackend):
+        def load(self) -> None:
+            if not self.is_loaded:
+                threads["load"].add(threading.current_thread().name)
+            super().load()
+
+        def score_pairs(self, pairs: Any, options: Any) -> list[float]:
+            threads["score"].add(threading.current_thread().name)
+            return super().score_pairs(pairs, options)
+
+    config = RerankerConfig(model=str(model_dir), device="cpu")
+    reranker = Reranker.from_config(config, backends=[Recording(config)]).load()
+    try:
+        assert reranker.is_loaded
+        reranker.score(QUERIES[0], PASSAGES[:3])
+        assert threads["load"] == threads["score"]
+        assert threading.current_thread().name not in threads["load"]
+    finally:
+        reranker.close()

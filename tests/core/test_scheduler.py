@@ -297,3 +297,39 @@ def test_close_serves_the_queued_requests_then_refuses_new_ones() -> None:
     with pytest.raises(RerankError, match="closed"):
         scheduler.submit([("q", "late")], None)
     scheduler.close()  # idempotent
+
+
+def test_run_on_runs_work_on_that_replicas_worker_before_its_waiting_requests() -> None:
+    """``run_on`` is how a reranker loads its model on the thread that will compute its passes."""
+    threads: dict[str, str] = {}
+
+    def replica(name: str) -> object:
+        def score(pairs: list[tuple[str, str]], options: object = None) -> list[float]:
+            threads[f"{name} scored"] = threading.current_thread().name
+            return [0.0] * len(pairs)
+
+        return score
+
+    scheduler = BatchScheduler([replica("first"), replica("second")])  # type: ignore[list-item]
+    order: list[str] = []
+
+    def work(name: str) -> None:
+        threads[name] = threading.current_thread().name
+        order.append(name)
+
+    try:
+        scheduler.run_on(1, lambda: work("loaded second")).result(timeout=5)
+        scheduler.run_on(0, lambda: work("loaded first")).result(timeout=5)
+        assert threads["loaded second"] != threads["loaded first"]
+        assert threading.current_thread().name not in (threads["loaded first"], threads["loaded second"])
+
+        def broken() -> None:
+            raise ValueError("no such model")
+
+        with pytest.raises(ValueError, match="no such model"):
+            scheduler.run_on(0, broken).result(timeout=5)  # its own error; the worker lives on
+        assert scheduler.submit([("q", "p")], None).result(timeout=5) == [0.0]
+    finally:
+        scheduler.close()
+    with pytest.raises(RerankError, match="closed"):
+        scheduler.run_on(0, lambda: None)

@@ -75,9 +75,23 @@ class QueuedEngine:
         return all(backend.is_loaded for backend in self._backends)
 
     def load(self) -> None:
-        """Load every backend; idempotent."""
-        for backend in self._backends:
-            backend.load()
+        """Load every backend, each on the worker thread that will run its passes; idempotent.
+
+        Loading runs parallel torch operations, which give the loading thread an OpenMP thread team
+        of its own; a pass computed on another thread, beside that team, ran 1.2-1.5x slower on CPU
+        (benchmarks/RESULTS.md). A closed engine loads on the calling thread, as it serves no more.
+        """
+        loads: dict[Backend, Any] = {}
+        try:
+            for number, backend in enumerate(self._workers):
+                if backend not in loads and not backend.is_loaded:
+                    loads[backend] = self._scheduler.run_on(number, backend.load)
+        except RerankError:  # closed
+            for backend in self._backends:
+                backend.load()
+            return
+        for future in loads.values():
+            future.result()
 
     def check(self, options: ScoringOptions) -> None:
         """Raise ``ValueError`` if the loaded backends cannot score under ``options`` (a ``max_length``
