@@ -29,12 +29,13 @@ scheduler nobody references is collected, and its workers end (no thread keeps i
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import threading
 import time
 import weakref
 from collections import deque
-from collections.abc import Callable, Hashable, Sequence
+from collections.abc import Callable, Hashable, Iterator, Sequence
 from concurrent.futures import Future
 from dataclasses import dataclass, field
 from typing import Any, Generic, TypeVar
@@ -186,12 +187,7 @@ class BatchScheduler(Generic[_O]):
         if not pairs:
             request.future.set_result([])
             return request.future
-        queue = self._queue
-        with queue.ready:
-            if queue.closed:
-                raise RerankError("this reranker is closed; create a new one to score again")
-            if not self._workers:
-                self._start_workers()
+        with self._open_queue() as queue:
             queue.requests.append(request)  # type: ignore[arg-type]  # the queue holds only _O options
             queue.ready.notify()
         return request.future
@@ -204,15 +200,22 @@ class BatchScheduler(Generic[_O]):
             RerankError: the scheduler is closed.
         """
         task = _Task(work)
+        with self._open_queue() as queue:
+            queue.tasks[replica].append(task)
+            queue.ready.notify_all()  # the one worker it is for may not be the one notify() wakes
+        return task.future
+
+    @contextlib.contextmanager
+    def _open_queue(self) -> Iterator[_Queue]:
+        """The queue, its lock held, once it is known to take work: refuses a closed one, starts the
+        workers on first use."""
         queue = self._queue
         with queue.ready:
             if queue.closed:
                 raise RerankError("this reranker is closed; create a new one to score again")
             if not self._workers:
                 self._start_workers()
-            queue.tasks[replica].append(task)
-            queue.ready.notify_all()  # the one worker it is for may not be the one notify() wakes
-        return task.future
+            yield queue
 
     def close(self) -> None:
         """Take no new requests, let the workers serve the queued ones, and wait until they end.

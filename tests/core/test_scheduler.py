@@ -302,34 +302,51 @@ def test_close_serves_the_queued_requests_then_refuses_new_ones() -> None:
 def test_run_on_runs_work_on_that_replicas_worker_before_its_waiting_requests() -> None:
     """``run_on`` is how a reranker loads its model on the thread that will compute its passes."""
     threads: dict[str, str] = {}
-
-    def replica(name: str) -> object:
-        def score(pairs: list[tuple[str, str]], options: object = None) -> list[float]:
-            threads[f"{name} scored"] = threading.current_thread().name
-            return [0.0] * len(pairs)
-
-        return score
-
-    scheduler = BatchScheduler([replica("first"), replica("second")])  # type: ignore[list-item]
     order: list[str] = []
+
+    def score(pairs: list[tuple[str, str]], options: object = None) -> list[float]:
+        order.append("scored")
+        return [0.0] * len(pairs)
 
     def work(name: str) -> None:
         threads[name] = threading.current_thread().name
         order.append(name)
 
+    two = BatchScheduler([score, score])  # type: ignore[list-item]
     try:
-        scheduler.run_on(1, lambda: work("loaded second")).result(timeout=5)
-        scheduler.run_on(0, lambda: work("loaded first")).result(timeout=5)
-        assert threads["loaded second"] != threads["loaded first"]
-        assert threading.current_thread().name not in (threads["loaded first"], threads["loaded second"])
+        two.run_on(1, lambda: work("second")).result(timeout=5)
+        two.run_on(0, lambda: work("first")).result(timeout=5)
+        assert threads["second"] != threads["first"]  # each replica's own worker
+        assert threading.current_thread().name not in (threads["first"], threads["second"])
 
         def broken() -> None:
             raise ValueError("no such model")
 
         with pytest.raises(ValueError, match="no such model"):
-            scheduler.run_on(0, broken).result(timeout=5)  # its own error; the worker lives on
-        assert scheduler.submit([("q", "p")], None).result(timeout=5) == [0.0]
+            two.run_on(0, broken).result(timeout=5)  # its own error; the worker lives on
+        assert two.submit([("q", "p")], None).result(timeout=5) == [0.0]
     finally:
-        scheduler.close()
+        two.close()
     with pytest.raises(RerankError, match="closed"):
-        scheduler.run_on(0, lambda: None)
+        two.run_on(0, lambda: None)
+
+    one = BatchScheduler([score])  # type: ignore[list-item]
+    busy, release = threading.Event(), threading.Event()
+
+    def hold() -> None:
+        busy.set()
+        release.wait(5)
+
+    try:
+        one.run_on(0, hold)
+        assert busy.wait(5)
+        order.clear()
+        waiting = one.submit([("q", "p")], None)  # queued while the worker is held
+        loaded = one.run_on(0, lambda: work("loaded"))
+        release.set()
+        loaded.result(timeout=5)
+        waiting.result(timeout=5)
+        assert order == ["loaded", "scored"]
+    finally:
+        release.set()
+        one.close()

@@ -13,6 +13,7 @@ import functools
 import math
 import threading
 from collections.abc import Sequence
+from concurrent.futures import Future
 from typing import TYPE_CHECKING, Any
 
 from bge_rerank_integrations.errors import RerankError
@@ -81,7 +82,7 @@ class QueuedEngine:
         of its own; a pass computed on another thread, beside that team, ran 1.2-1.5x slower on CPU
         (benchmarks/RESULTS.md). A closed engine loads on the calling thread, as it serves no more.
         """
-        loads: dict[Backend, Any] = {}
+        loads: dict[Backend, Future[None]] = {}
         try:
             for number, backend in enumerate(self._workers):
                 if backend not in loads and not backend.is_loaded:
