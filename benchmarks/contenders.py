@@ -8,25 +8,35 @@ repeated first batch included); our packed path reports its own count.
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import importlib
 import importlib.abc
 import importlib.machinery
 import importlib.util
+import logging
+import multiprocessing
+import os
 import sys
+import time
+import traceback
 import types
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from multiprocessing.connection import Connection
 from pathlib import Path
 from typing import Any
 
 import torch
+
+from benchmarks.harness import PeakRSS, sync
 
 __all__ = [
     "CONTENDERS",
     "INSTALL_HINT",
     "Contender",
     "ContenderSpec",
+    "IsolatedContender",
     "import_flag_class",
     "load_flag_reranker_class",
     "missing_packages",
@@ -301,6 +311,17 @@ class Contender:
             self.computed_tokens += self._stats.stats.computed_tokens - before
         return [float(x) for x in out]
 
+    def timed_score(self, pairs: Sequence[tuple[str, str]]) -> tuple[list[float], float, float]:
+        """``score(pairs)``, its wall seconds (the device idle before and after) and the resident
+        memory it grew this process by at its peak, in MiB."""
+        sync(self.device)
+        with PeakRSS() as rss:
+            t0 = time.perf_counter()
+            scores = self.score(pairs)
+            sync(self.device)
+            elapsed = time.perf_counter() - t0
+        return scores, elapsed, rss.grown_mib
+
     def token_ids(self, pairs: Sequence[tuple[str, str]]) -> list[list[int]]:
         """The ids this contender feeds the model for ``pairs`` (before padding)."""
         if self.spec.kind == "ours":
@@ -333,6 +354,112 @@ class Contender:
             h.remove()
         self._hooks.clear()
         self._impl = None
+
+
+class IsolatedContender:
+    """A :class:`Contender` loaded and run in a spawned process of its own, driven over a pipe.
+
+    Alone in its process, a contender computes as it would in a user's: beside the suite's own torch
+    work (matmul peaks, other contenders), a torch contender's passes run 1.2-1.5x slower, GNU
+    OpenMP throttling its spin-wait once two teams' threads outnumber the cores (RESULTS.md, issue
+    15). Times and peak memory are measured in the contender's process, around its ``score`` only.
+    """
+
+    def __init__(
+        self, spec: ContenderSpec, model_dir: str, device: str, max_length: int, *, threads: int
+    ) -> None:
+        self.spec = spec
+        self.name = spec.name
+        self.device = device
+        self.max_length = max_length
+        self.computed_tokens = 0
+        context = multiprocessing.get_context("spawn")
+        self._conn, child = context.Pipe()
+        self._process = context.Process(
+            target=_serve,
+            args=(child, spec, model_dir, device, max_length, threads),
+            name=f"contender-{spec.name}",
+            daemon=True,
+        )
+        self._process.start()
+        child.close()
+        loaded = self._call("loaded", None)
+        self.dtype: str = loaded["dtype"]
+        self.import_note: str = loaded["import_note"]
+        self.pid: int = loaded["pid"]
+
+    def _call(self, op: str, arg: Any) -> Any:
+        if op != "loaded":
+            self._conn.send((op, arg))
+        try:
+            status, value = self._conn.recv()
+        except EOFError:
+            code = self._process.join(5) or self._process.exitcode
+            raise RuntimeError(f"contender {self.name}'s process ended (exit code {code})") from None
+        if status == "error":
+            raise RuntimeError(f"contender {self.name} failed in its process:\n{value}")
+        return value
+
+    def score(self, pairs: Sequence[tuple[str, str]]) -> list[float]:
+        """Raw logits of ``pairs``, in input order."""
+        return self.timed_score(pairs)[0]
+
+    def timed_score(self, pairs: Sequence[tuple[str, str]]) -> tuple[list[float], float, float]:
+        """As :meth:`Contender.timed_score`, measured in the contender's own process."""
+        scores, elapsed, grown_mib, computed = self._call("score", list(pairs))
+        self.computed_tokens += computed
+        return scores, elapsed, grown_mib
+
+    def token_ids(self, pairs: Sequence[tuple[str, str]]) -> list[list[int]]:
+        """The ids this contender feeds the model for ``pairs`` (before padding)."""
+        return self._call("token_ids", list(pairs))  # type: ignore[no-any-return]
+
+    def close(self) -> None:
+        """Let the process drop its model and end; end it if it does not."""
+        if self._process.is_alive():
+            with contextlib.suppress(OSError, RuntimeError):  # already gone: nothing to close
+                self._call("close", None)
+            self._process.join(30)
+            if self._process.is_alive():
+                self._process.kill()
+                self._process.join()
+        self._conn.close()
+
+
+def _serve(
+    conn: Connection, spec: ContenderSpec, model_dir: str, device: str, max_length: int, threads: int
+) -> None:
+    """A contender's process: load it, then answer ``score``, ``token_ids`` and ``close`` requests."""
+    log_format = f"%(asctime)s [{spec.name}] %(message)s"
+    logging.basicConfig(level=logging.INFO, format=log_format, stream=sys.stderr)
+    for noisy in ("transformers", "sentence_transformers", "FlagEmbedding", "httpx"):
+        logging.getLogger(noisy).setLevel(logging.ERROR)
+    torch.set_num_threads(threads)
+    try:
+        contender = Contender(spec, model_dir, device, max_length)
+    except Exception:
+        conn.send(("error", traceback.format_exc()))
+        return
+    conn.send(("ok", {"dtype": contender.dtype, "import_note": contender.import_note, "pid": os.getpid()}))
+    while True:
+        op, arg = conn.recv()
+        try:
+            if op == "close":
+                contender.close()
+                conn.send(("ok", None))
+                return
+            if op == "score":
+                before = contender.computed_tokens
+                scores, elapsed, grown_mib = contender.timed_score(arg)
+                value: Any = (scores, elapsed, grown_mib, contender.computed_tokens - before)
+            elif op == "token_ids":
+                value = contender.token_ids(arg)
+            else:
+                raise ValueError(f"unknown request {op!r}")
+        except Exception:
+            conn.send(("error", traceback.format_exc()))
+        else:
+            conn.send(("ok", value))
 
 
 def build_specs(device: str, names: Sequence[str] | None) -> list[ContenderSpec]:

@@ -1,4 +1,4 @@
-"""Benchmark this package's core against FlagReranker and CrossEncoder, side by side in one process.
+"""Benchmark this package's core against FlagReranker, CrossEncoder and the CPU runtimes, side by side.
 
     python -m benchmarks.run --subject small --scale cpu --out bench-out/cpu
     python -m benchmarks.run --subject full --scale gpu --device cuda --out "$OUT"
@@ -6,8 +6,9 @@
 For each workload every contender is loaded, scores the warm-up request (untimed; its scores and
 token ids are checked against ours before any timing), then the timed requests run interleaved: request
 by request, each contender in turn, the order rotating, so that a slower or busier moment of the
-machine hits all contenders alike. Writes ``results.json`` (every call's time and all settings) and
-``results.md`` (the tables) into the output folder.
+machine hits all contenders alike. On CPU each contender runs in a process of its own (``--isolate``,
+the default there), as it would in a user's; on GPU all share this one. Writes ``results.json``
+(every call's time and all settings) and ``results.md`` (the tables) into the output folder.
 """
 
 from __future__ import annotations
@@ -33,8 +34,15 @@ os.environ.setdefault("TQDM_DISABLE", "1")
 
 import torch
 
-from benchmarks.contenders import INSTALL_HINT, Contender, ContenderSpec, build_specs, missing_packages
-from benchmarks.harness import PeakRSS, machine_info, machine_line, matmul_peak, percentile, sync
+from benchmarks.contenders import (
+    INSTALL_HINT,
+    Contender,
+    ContenderSpec,
+    IsolatedContender,
+    build_specs,
+    missing_packages,
+)
+from benchmarks.harness import machine_info, machine_line, matmul_peak, percentile
 from benchmarks.subjects import DEFAULT_MODELS, SUBJECTS, build_subject
 from benchmarks.workloads import Workload, make_workloads
 
@@ -79,18 +87,24 @@ def _top10_agreement(ref: Sequence[float], other: Sequence[float]) -> tuple[bool
 
 
 def load_contenders(
-    specs: Sequence[ContenderSpec], model_dir: str, device: str, max_length: int
-) -> list[Contender]:
-    """Load every contender for pairs of up to ``max_length`` tokens."""
-    contenders = []
+    specs: Sequence[ContenderSpec], model_dir: str, device: str, max_length: int, *, isolate: bool = False
+) -> list[Contender | IsolatedContender]:
+    """Load every contender for pairs of up to ``max_length`` tokens; ``isolate``: each in its own
+    process."""
+    contenders: list[Contender | IsolatedContender] = []
     for spec in specs:
         t0 = time.perf_counter()
-        contenders.append(Contender(spec, model_dir, device, max_length))
+        if isolate:
+            threads = torch.get_num_threads()
+            contender = IsolatedContender(spec, model_dir, device, max_length, threads=threads)
+        else:
+            contender = Contender(spec, model_dir, device, max_length)
+        contenders.append(contender)
         log.info("  loaded %s (max_length %d) in %.1f s", spec.name, max_length, time.perf_counter() - t0)
     return contenders
 
 
-def close_contenders(contenders: list[Contender], device: str) -> None:
+def close_contenders(contenders: list[Contender | IsolatedContender], device: str) -> None:
     """Drop the contenders' models and give the memory back."""
     for c in contenders:
         c.close()
@@ -102,7 +116,7 @@ def close_contenders(contenders: list[Contender], device: str) -> None:
 
 def run_workload(
     workload: Workload,
-    contenders: list[Contender],
+    contenders: list[Contender | IsolatedContender],
     device: str,
     model_config: dict[str, Any],
     peaks: dict[str, float],
@@ -141,7 +155,11 @@ def run_workload(
     warm = _pairs(workload.warmup.query, workload.warmup.passages)
     reference = ours.score(warm)
     for c in contenders:
-        rec: dict[str, Any] = {"description": c.spec.description, "dtype": c.dtype}
+        rec: dict[str, Any] = {
+            "description": c.spec.description,
+            "dtype": c.dtype,
+            "pid": getattr(c, "pid", os.getpid()),
+        }
         if c.import_note:
             rec["import"] = c.import_note
         ids = c.token_ids(all_pairs) if c is not ours else our_ids
@@ -168,13 +186,9 @@ def run_workload(
                 torch.cuda.synchronize()
                 torch.cuda.reset_peak_memory_stats()
                 gpu_base = torch.cuda.memory_allocated()
-            with PeakRSS() as rss:
-                t0 = time.perf_counter()
-                scores = c.score(pairs)
-                sync(device)
-                elapsed = time.perf_counter() - t0
+            scores, elapsed, grown_mib = c.timed_score(pairs)
             rec["calls"].append(elapsed)
-            rec["host_peak_mib"] = max(rec["host_peak_mib"], rss.grown_mib)
+            rec["host_peak_mib"] = max(rec["host_peak_mib"], grown_mib)
             if device.startswith("cuda"):
                 rec["gpu_peak_total_mib"] = max(
                     rec.get("gpu_peak_total_mib", 0.0), torch.cuda.max_memory_allocated() / 2**20
@@ -292,6 +306,9 @@ def markdown(report: dict[str, Any]) -> str:
             for k, v in report["matmul_peak_flops_per_s"].items()
         )
         + ".",
+        "Each contender ran in a process of its own, driven request by request over a pipe."
+        if report.get("isolated")
+        else "All contenders ran in this one process.",
         f"Command: `{report['command']}`",
         "",
         *summary(report),
@@ -349,11 +366,15 @@ def run(
     command: str = "",
     model_dir: Path | None = None,
     peak_seconds: float = 3.0,
+    isolate: bool = False,
 ) -> dict[str, Any]:
     """Run the suite; write ``results.json`` and ``results.md`` into ``out``; return the report.
 
-    ``model_dir`` uses an existing subject folder instead of building ``subject`` under ``models``.
+    ``model_dir`` uses an existing subject folder instead of building ``subject`` under ``models``;
+    ``isolate`` runs each contender in a process of its own (CPU only: see :class:`IsolatedContender`).
     """
+    if isolate and device != "cpu":
+        raise ValueError("isolate is for CPU runs: GPU memory figures are measured in this process")
     out.mkdir(parents=True, exist_ok=True)
     if model_dir is None:
         model_dir = build_subject(subject, models / subject)
@@ -396,6 +417,7 @@ def run(
             )
         },
         "scale": scale,
+        "isolated": isolate,
         "command": command,
         "machine": info,
         "matmul_peak_flops_per_s": peaks,
@@ -410,7 +432,7 @@ def run(
     for w in chosen:
         if w.max_length != loaded_for:  # workloads of one max_length share the loaded contenders
             close_contenders(loaded, device)
-            loaded = load_contenders(specs, str(model_dir), device, w.max_length)
+            loaded = load_contenders(specs, str(model_dir), device, w.max_length, isolate=isolate)
             loaded_for = w.max_length
         report["workloads"].append(run_workload(w, loaded, device, model_config, peaks))
         (out / "results.json").write_text(json.dumps(report, indent=1))  # partial results survive a timeout
@@ -438,7 +460,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--workloads", help="comma-separated subset of interactive,throughput,long")
     parser.add_argument("--threads", type=int, help="torch CPU threads (default: torch's choice)")
     parser.add_argument("--peak-seconds", type=float, default=3.0, help="length of each matmul peak sample")
+    parser.add_argument(
+        "--isolate",
+        action=argparse.BooleanOptionalAction,
+        help="each contender in a process of its own (default on CPU; torch passes beside another "
+        "torch thread's OpenMP team run slower, so one process would not be a user's)",
+    )
     args = parser.parse_args(argv)
+    isolate = args.device == "cpu" if args.isolate is None else args.isolate
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s", stream=sys.stderr)
     for noisy in ("transformers", "sentence_transformers", "FlagEmbedding", "httpx"):
         logging.getLogger(noisy).setLevel(logging.ERROR)
@@ -454,6 +483,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         workloads=args.workloads.split(",") if args.workloads else None,
         command="python -m benchmarks.run " + " ".join(sys.argv[1:] if argv is None else argv),
         peak_seconds=args.peak_seconds,
+        isolate=isolate,
     )
     print(markdown(report))
     return 0

@@ -326,6 +326,53 @@ def test_a_contender_whose_runtime_is_missing_is_skipped_with_a_note(
     assert "- skipped openvino: not installed: not_a_real_runtime_pkg (pip install" in table
 
 
+def test_isolated_contenders_each_compute_in_a_process_of_their_own(model_dir: Path, tmp_path: Path) -> None:
+    import os
+
+    from benchmarks.run import run
+
+    report = run(
+        subject="tiny",
+        scale="smoke",
+        device="cpu",
+        out=tmp_path,
+        models=tmp_path / "models",
+        model_dir=model_dir,
+        peak_seconds=0.01,
+        contenders=["ours", "ours-int8", "onnxruntime"],
+        workloads=["interactive"],
+        isolate=True,
+    )
+    contenders = report["workloads"][0]["contenders"]
+    pids = {name: rec["pid"] for name, rec in contenders.items()}
+    assert os.getpid() not in pids.values(), pids
+    assert len(set(pids.values())) == 3, pids
+    for name, rec in contenders.items():  # the same checks and figures as in one process
+        assert rec["agrees"], name
+        assert rec["same_token_ids"] == report["workloads"][0]["pairs"], name
+        assert len(rec["calls"]) == 2, name
+        assert all(t > 0 for t in rec["calls"]), name
+        assert rec["computed_tokens"] >= report["workloads"][0]["real_tokens"], name
+    assert contenders["onnxruntime"]["max_abs_delta_vs_ours"] < 1e-4
+    assert contenders["ours-int8"]["dtype"] == "int8"
+    assert "Each contender ran in a process of its own" in (tmp_path / "results.md").read_text()
+
+
+def test_an_isolated_contender_that_fails_to_load_says_which_and_why(tmp_path: Path) -> None:
+    from benchmarks.contenders import IsolatedContender, build_specs
+
+    (spec,) = build_specs("cpu", ["ours"])
+    with pytest.raises(RuntimeError, match=r"contender ours failed in its process:(.|\n)*no_such_model"):
+        IsolatedContender(spec, str(tmp_path / "no_such_model"), "cpu", 64, threads=1)
+
+
+def test_isolation_is_refused_on_gpu(tmp_path: Path) -> None:
+    from benchmarks.run import run
+
+    with pytest.raises(ValueError, match="isolate is for CPU runs"):
+        run(subject="tiny", scale="smoke", device="cuda", out=tmp_path, models=tmp_path, isolate=True)
+
+
 def test_one_percentile_definition_for_the_suite() -> None:
     # linear interpolation between closest ranks: statistics' "inclusive" method, numpy's default
     from benchmarks.harness import percentile
