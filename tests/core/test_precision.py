@@ -49,7 +49,8 @@ def test_reduced_precision_stays_within_its_bound_of_fp32_and_keeps_clearly_sepa
 
 
 def test_bf16_cpu_forward_packs_weights_once_and_attends_short_pairs_by_matmul(model_dir: Path) -> None:
-    """bf16 on CPU: oneDNN linears on weights packed at load, short pairs' attention as matmuls.
+    """bf16 on CPU: oneDNN linears on weights packed at load; short pairs' attention as matmuls (the
+    default without AMX) or through the flash kernel (with AMX) agree.
 
     Both rearrange the same bf16 arithmetic (the matmul attention also rounds the scores to bf16
     before its fp32 softmax), so each stays within bf16's bound of fp32 (the test above) and close
@@ -64,7 +65,7 @@ def test_bf16_cpu_forward_packs_weights_once_and_attends_short_pairs_by_matmul(m
     assert forward.linear_library == "oneDNN, prepacked"
     assert all(not isinstance(layer.up[0], torch.nn.Parameter) for layer in forward.layers)
     lengths = sorted(len(ids) for ids in reranker.encode_pairs(pairs))
-    assert forward.matmul_attention_tokens >= lengths[-1]  # every pair here takes the matmul way
+    forward.matmul_attention_tokens = lengths[-1]  # every pair takes the matmul way
     default = reranker.score_pairs(pairs)
     forward.matmul_attention_tokens = lengths[len(lengths) // 2]  # about half the pairs each way
     mixed = reranker.score_pairs(pairs)
@@ -79,6 +80,21 @@ def test_bf16_cpu_forward_packs_weights_once_and_attends_short_pairs_by_matmul(m
         assert scores == pytest.approx(exact, abs=BOUNDS["bfloat16"])
     for scores in (default, mixed, flash):
         assert scores == pytest.approx(plain, abs=0.25)
+
+
+@pytest.mark.parametrize("amx", [False, True])
+def test_bf16_cpu_attention_follows_the_processor(
+    model_dir: Path, amx: bool, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Short pairs attend by matmul where the CPU has no AMX tiles (faster there), by flash where it
+    has them (faster there); fp32 always by flash. Each measured in benchmarks/RESULTS.md."""
+    monkeypatch.setattr(torch.cpu, "_is_amx_tile_supported", lambda: amx, raising=False)
+    bf16 = cross_encoder(Reranker(model_dir, device="cpu", dtype="bfloat16").load()).packed
+    fp32 = cross_encoder(Reranker(model_dir, device="cpu").load()).packed
+    assert bf16 is not None
+    assert fp32 is not None
+    assert bf16.matmul_attention_tokens == (0 if amx else 1024)
+    assert fp32.matmul_attention_tokens == 0
 
 
 def test_int8_keeps_the_query_order_of_a_real_request(model_dir: Path) -> None:

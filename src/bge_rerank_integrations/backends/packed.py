@@ -174,9 +174,17 @@ def _prepacked_bf16_linears() -> tuple[_Pack, _Linear, _Linear] | None:
 
 
 _BF16_MATMUL_ATTENTION_TOKENS = 1024
-"""In bf16 on CPU, pairs up to this long attend through oneDNN matmuls and a float softmax:
-torch's flash kernel there ran 1.09x slower on the interactive workload; beyond it the ``[heads,
-length, length]`` scores outgrow the cache and flash wins (benchmarks/RESULTS.md)."""
+"""In bf16 on a CPU without AMX, pairs up to this long attend through oneDNN matmuls and a float
+softmax: torch's flash kernel there ran 1.09x slower on the interactive workload (AMD Zen 4); beyond
+it the ``[heads, length, length]`` scores outgrow the cache and flash wins. With AMX tiles the flash
+kernel is the faster, 1.25x (benchmarks/RESULTS.md)."""
+
+
+def _bf16_matmul_attention_tokens() -> int:
+    """:data:`_BF16_MATMUL_ATTENTION_TOKENS` where the CPU has no AMX tiles, else 0 (flash always)."""
+    has_amx = getattr(torch.cpu, "_is_amx_tile_supported", None)  # private in torch, no public twin
+    return 0 if has_amx is not None and has_amx() else _BF16_MATMUL_ATTENTION_TOKENS
+
 
 _PACK_ROWS_HINT = 2048
 """The row count oneDNN packs the weights for (the CPU chunks' order of size); any row count runs."""
@@ -350,9 +358,10 @@ class PackedForward:
         self.linear_library = "int8 (fbgemm)" if self.int8 else library
         """What runs the linear layers: ``"oneDNN"`` (fp32 on CPU where it works), ``"oneDNN,
         prepacked"`` (bf16 on CPU), ``"int8 (fbgemm)"`` or ``"torch"``."""
-        self.matmul_attention_tokens = _BF16_MATMUL_ATTENTION_TOKENS if bf16_packed else 0
+        self.matmul_attention_tokens = _bf16_matmul_attention_tokens() if bf16_packed else 0
         """Per-pair attention of pairs up to this many tokens as two matrix multiplies and a softmax
-        instead of torch's flash kernel (0: never); see :class:`_Attention`."""
+        instead of torch's flash kernel (0: never; bf16 on CPUs without AMX: 1,024); see
+        :class:`_Attention`."""
         logger.info(
             "padding-free forward on %s, attention: %s, linear layers: %s",
             self.device,
