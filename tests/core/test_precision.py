@@ -97,6 +97,24 @@ def test_bf16_cpu_attention_follows_the_processor(
     assert fp32.matmul_attention_tokens == 0
 
 
+@pytest.mark.parametrize("amx", [False, True])
+def test_int8_kernels_follow_the_processor_and_agree(
+    model_dir: Path, amx: bool, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """int8 linear layers on torch's oneDNN engine where the CPU has AMX tiles, fbgemm elsewhere
+    (each the faster there); the same quantization scheme, so the same bound of fp32 either way."""
+    pairs = workload(120, seed=5)
+    exact = Reranker(model_dir, device="cpu").score_pairs(pairs)
+    monkeypatch.setattr(torch.cpu, "_is_amx_tile_supported", lambda: amx, raising=False)
+    reranker = Reranker(model_dir, device="cpu", dtype="int8")
+    scores = reranker.score_pairs(pairs)
+    forward = cross_encoder(reranker).packed
+    assert forward is not None
+    assert forward.linear_library == ("int8 (oneDNN, AMX)" if amx else "int8 (fbgemm)")
+    deltas = [abs(a - b) for a, b in zip(scores, exact, strict=True)]
+    assert 1e-3 < max(deltas) <= BOUNDS["int8"]
+
+
 def test_int8_keeps_the_query_order_of_a_real_request(model_dir: Path) -> None:
     """Through the public score(): the best passage of a request stays first (a clear winner)."""
     pairs = workload(40, seed=4)

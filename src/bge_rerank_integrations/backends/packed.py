@@ -180,18 +180,37 @@ it the ``[heads, length, length]`` scores outgrow the cache and flash wins. With
 kernel is the faster, 1.25x (benchmarks/RESULTS.md)."""
 
 
+def _has_amx() -> bool:
+    """Whether this CPU has AMX tiles torch can use (Intel Sapphire Rapids and later)."""
+    has_amx = getattr(torch.cpu, "_is_amx_tile_supported", None)  # private in torch, no public twin
+    return has_amx is not None and bool(has_amx())
+
+
 def _bf16_matmul_attention_tokens() -> int:
     """:data:`_BF16_MATMUL_ATTENTION_TOKENS` where the CPU has no AMX tiles, else 0 (flash always)."""
-    has_amx = getattr(torch.cpu, "_is_amx_tile_supported", None)  # private in torch, no public twin
-    return 0 if has_amx is not None and has_amx() else _BF16_MATMUL_ATTENTION_TOKENS
+    return 0 if _has_amx() else _BF16_MATMUL_ATTENTION_TOKENS
 
 
 _PACK_ROWS_HINT = 2048
 """The row count oneDNN packs the weights for (the CPU chunks' order of size); any row count runs."""
 
 
-def _int8_linears() -> tuple[_Pack, _Linear, _Linear] | None:
-    """Dynamic int8 linear layers (fbgemm), if they run here and agree with fp32 within int8's noise.
+def _int8_kernels() -> tuple[str, _Pack, _Linear, _Linear] | None:
+    """The int8 linear layers for this CPU, named: torch's oneDNN engine where the CPU has AMX tiles
+    (the int8 products on AMX: 1.8-3.2x fbgemm's layer on the feed-forward and attention shapes,
+    same results, benchmarks/RESULTS.md), else fbgemm (measured on AVX-512 VNNI); ``None`` where
+    neither runs and agrees with fp32."""
+    if _has_amx() and "onednn" in torch.backends.quantized.supported_engines:
+        onednn = _int8_linears("onednn")
+        if onednn is not None:
+            return ("int8 (oneDNN, AMX)", *onednn)
+    fbgemm = _int8_linears("fbgemm")
+    return None if fbgemm is None else ("int8 (fbgemm)", *fbgemm)
+
+
+def _int8_linears(engine: str) -> tuple[_Pack, _Linear, _Linear] | None:
+    """Dynamic int8 linear layers of torch's quantized ``engine`` (``"fbgemm"`` or ``"onednn"``), if
+    they run here and agree with fp32 within int8's noise.
 
     Returns how to pack a layer's weight once, and the linear layer without and with (exact) GELU,
     each taking that packed weight. Weights are int8, symmetric per output channel; activations are
@@ -205,15 +224,15 @@ def _int8_linears() -> tuple[_Pack, _Linear, _Linear] | None:
         weight, bias = weight.detach().float(), bias.detach().float()
         scale = weight.abs().amax(1).clamp(min=1e-12) / 127
         zero = torch.zeros(weight.shape[0], dtype=torch.long)
-        engine = torch.backends.quantized.engine
+        previous = torch.backends.quantized.engine
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")  # quantized tensors are deprecated in torch; only used here
             try:
-                torch.backends.quantized.engine = "fbgemm"
+                torch.backends.quantized.engine = engine  # the packed weight keeps its engine
                 q = torch.quantize_per_channel(weight, scale.double(), zero, 0, torch.qint8)
                 return quantized.linear_prepack(q, bias)
             finally:
-                torch.backends.quantized.engine = engine
+                torch.backends.quantized.engine = previous
 
     reduce_range = False
 
@@ -246,7 +265,7 @@ def _int8_linears() -> tuple[_Pack, _Linear, _Linear] | None:
                 logger.info("int8 linear layers: 7-bit activations (this CPU's int8 sums are 16-bit)")
         return plain and gelu
 
-    if not _passes_self_check("int8 linear layers", "fp32", agrees):
+    if not _passes_self_check(f"int8 linear layers ({engine})", "fp32", agrees):
         return None
     return pack, linear, linear_gelu
 
@@ -304,7 +323,7 @@ class PackedForward:
         ``chunk_tokens`` runs a batch in consecutive parts of about that many tokens, every part
         through all layers before the next: on CPU, activations that fit the cache beat one big
         matrix (measured in ``benchmarks/RESULTS.md``). ``None`` runs each batch whole. ``int8`` runs
-        the encoder's linear layers in int8 (CPU, fp32 weights; see :func:`_int8_linears`).
+        the encoder's linear layers in int8 (CPU, fp32 weights; see :func:`_int8_kernels`).
         """
         cfg = model.config
         emb = model.roberta.embeddings
@@ -340,12 +359,12 @@ class PackedForward:
         self.int8 = False
         """Whether the encoder's linear layers run in int8 (asked for, and the kernels work here)."""
         self._dense_layers = self.layers  # views of the module's weights, for use_torch_linears
-        int8_ops = _int8_linears() if int8 else None
+        int8_ops = _int8_kernels() if int8 and cpu else None
         packing: tuple[_Pack, _Linear, _Linear] | None = None
-        if int8 and (int8_ops is None or not cpu or self.word.dtype != torch.float32):
+        if int8 and (int8_ops is None or self.word.dtype != torch.float32):
             logger.warning("int8 linear layers unavailable (CPU and fp32 weights only); running fp32")
         elif int8_ops is not None:
-            packing, self.int8 = int8_ops, True
+            library, packing, self.int8 = int8_ops[0], int8_ops[1:], True
         elif cpu and self.word.dtype == torch.bfloat16:  # fp16 on CPU: oneDNN needs AVX-512 FP16
             packing = _prepacked_bf16_linears()
         if packing is not None:
@@ -354,10 +373,11 @@ class PackedForward:
             for i, layer in enumerate(self.layers):
                 layer.pack_weights(pack, last=i == len(self.layers) - 1)
         bf16_packed = packing is not None and not self.int8
-        library = "oneDNN, prepacked" if bf16_packed else "oneDNN" if onednn else "torch"
-        self.linear_library = "int8 (fbgemm)" if self.int8 else library
+        if not self.int8:
+            library = "oneDNN, prepacked" if bf16_packed else "oneDNN" if onednn else "torch"
+        self.linear_library = library
         """What runs the linear layers: ``"oneDNN"`` (fp32 on CPU where it works), ``"oneDNN,
-        prepacked"`` (bf16 on CPU), ``"int8 (fbgemm)"`` or ``"torch"``."""
+        prepacked"`` (bf16 on CPU), ``"int8 (oneDNN, AMX)"``, ``"int8 (fbgemm)"`` or ``"torch"``."""
         self.matmul_attention_tokens = _bf16_matmul_attention_tokens() if bf16_packed else 0
         """Per-pair attention of pairs up to this many tokens as two matrix multiplies and a softmax
         instead of torch's flash kernel (0: never; bf16 on CPUs without AMX: 1,024); see
