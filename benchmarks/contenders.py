@@ -25,7 +25,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from multiprocessing.connection import Connection
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
 import torch
 
@@ -383,22 +383,32 @@ class IsolatedContender:
         )
         self._process.start()
         child.close()
-        loaded = self._call("loaded", None)
+        loaded = self._receive()  # the process speaks first: loaded, or why not
         self.dtype: str = loaded["dtype"]
         self.import_note: str = loaded["import_note"]
         self.pid: int = loaded["pid"]
 
     def _call(self, op: str, arg: Any) -> Any:
-        if op != "loaded":
+        try:
             self._conn.send((op, arg))
+        except OSError:  # the pipe is broken: the process is gone
+            self._ended()
+        return self._receive()
+
+    def _receive(self) -> Any:
+        """The process's next answer; its error, or its end, as a ``RuntimeError`` naming it."""
         try:
             status, value = self._conn.recv()
-        except EOFError:
-            code = self._process.join(5) or self._process.exitcode
-            raise RuntimeError(f"contender {self.name}'s process ended (exit code {code})") from None
+        except (EOFError, OSError):
+            self._ended()
         if status == "error":
             raise RuntimeError(f"contender {self.name} failed in its process:\n{value}")
         return value
+
+    def _ended(self) -> NoReturn:
+        self._process.join(5)
+        code = self._process.exitcode
+        raise RuntimeError(f"contender {self.name}'s process ended (exit code {code})") from None
 
     def score(self, pairs: Sequence[tuple[str, str]]) -> list[float]:
         """Raw logits of ``pairs``, in input order."""

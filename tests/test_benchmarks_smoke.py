@@ -366,6 +366,21 @@ def test_an_isolated_contender_that_fails_to_load_says_which_and_why(tmp_path: P
         IsolatedContender(spec, str(tmp_path / "no_such_model"), "cpu", 64, threads=1)
 
 
+def test_an_isolated_contender_whose_process_dies_says_so(model_dir: Path) -> None:
+    import os
+    import signal
+
+    from benchmarks.contenders import IsolatedContender, build_specs
+
+    (spec,) = build_specs("cpu", ["ours"])
+    contender = IsolatedContender(spec, str(model_dir), "cpu", 64, threads=1)
+    assert contender.score([("a query", "a passage")])  # alive, it answers
+    os.kill(contender.pid, signal.SIGKILL)
+    with pytest.raises(RuntimeError, match=r"contender ours's process ended \(exit code -9\)"):
+        contender.score([("a query", "a passage")])
+    contender.close()  # and closing what is gone is quiet
+
+
 def test_isolation_is_refused_on_gpu(tmp_path: Path) -> None:
     from benchmarks.run import run
 
