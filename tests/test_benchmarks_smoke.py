@@ -11,6 +11,7 @@ import re
 import shlex
 import statistics
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -301,15 +302,13 @@ def test_leaks_reports_the_three_cases(capsys: pytest.CaptureFixture[str]) -> No
     assert rows[3].split(" | ")[1] == "2"  # kept ones keep theirs: the report can tell them apart
 
 
-def test_a_contender_whose_runtime_is_missing_is_skipped_with_a_note(
-    model_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    import benchmarks.contenders
+def _interactive_run(
+    model_dir: Path, tmp_path: Path, contenders: list[str], *, isolate: bool = False
+) -> dict[str, Any]:
+    """The suite on the tiny model's smoke-scale interactive workload, for ``contenders``."""
     from benchmarks.run import run
 
-    needs = {**benchmarks.contenders.OPTIONAL_PACKAGES, "openvino": ("not_a_real_runtime_pkg",)}
-    monkeypatch.setattr(benchmarks.contenders, "OPTIONAL_PACKAGES", needs)
-    report = run(
+    return run(
         subject="tiny",
         scale="smoke",
         device="cpu",
@@ -317,9 +316,20 @@ def test_a_contender_whose_runtime_is_missing_is_skipped_with_a_note(
         models=tmp_path / "models",
         model_dir=model_dir,
         peak_seconds=0.01,
-        contenders=["ours", "openvino", "openvino-default"],
+        contenders=contenders,
         workloads=["interactive"],
+        isolate=isolate,
     )
+
+
+def test_a_contender_whose_runtime_is_missing_is_skipped_with_a_note(
+    model_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import benchmarks.contenders
+
+    needs = {**benchmarks.contenders.OPTIONAL_PACKAGES, "openvino": ("not_a_real_runtime_pkg",)}
+    monkeypatch.setattr(benchmarks.contenders, "OPTIONAL_PACKAGES", needs)
+    report = _interactive_run(model_dir, tmp_path, ["ours", "openvino", "openvino-default"])
     assert list(report["workloads"][0]["contenders"]) == ["ours"]
     assert set(report["skipped"]) == {"openvino", "openvino-default"}
     table = (tmp_path / "results.md").read_text()
@@ -329,20 +339,7 @@ def test_a_contender_whose_runtime_is_missing_is_skipped_with_a_note(
 def test_isolated_contenders_each_compute_in_a_process_of_their_own(model_dir: Path, tmp_path: Path) -> None:
     import os
 
-    from benchmarks.run import run
-
-    report = run(
-        subject="tiny",
-        scale="smoke",
-        device="cpu",
-        out=tmp_path,
-        models=tmp_path / "models",
-        model_dir=model_dir,
-        peak_seconds=0.01,
-        contenders=["ours", "ours-int8", "onnxruntime"],
-        workloads=["interactive"],
-        isolate=True,
-    )
+    report = _interactive_run(model_dir, tmp_path, ["ours", "ours-int8", "onnxruntime"], isolate=True)
     contenders = report["workloads"][0]["contenders"]
     pids = {name: rec["pid"] for name, rec in contenders.items()}
     assert os.getpid() not in pids.values(), pids
