@@ -382,10 +382,12 @@ class PackedForward:
         """Per-pair attention of pairs up to this many tokens as two matrix multiplies and a softmax
         instead of torch's flash kernel (0: never; bf16 on CPUs without AMX: 1,024); see
         :class:`_Attention`."""
+        by_matmul = self.matmul_attention_tokens
         logger.info(
-            "padding-free forward on %s, attention: %s, linear layers: %s",
+            "padding-free forward on %s, attention: %s%s, linear layers: %s",
             self.device,
             self.attention,
+            f" (by matmul up to {by_matmul} tokens)" if by_matmul else "",
             self.linear_library,
         )
 
