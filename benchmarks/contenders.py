@@ -150,6 +150,7 @@ class Contender:
         self.device = device
         self.max_length = max_length
         self.computed_tokens = 0  # tokens that went through the model, padding included
+        self.pid = os.getpid()  # the process it computes in: this one
         self.import_note = ""
         self._hooks: list[Any] = []
         self._impl: Any = None

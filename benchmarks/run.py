@@ -158,7 +158,7 @@ def run_workload(
         rec: dict[str, Any] = {
             "description": c.spec.description,
             "dtype": c.dtype,
-            "pid": getattr(c, "pid", os.getpid()),
+            "pid": c.pid,
         }
         if c.import_note:
             rec["import"] = c.import_note

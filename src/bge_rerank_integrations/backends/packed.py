@@ -360,11 +360,12 @@ class PackedForward:
         """Whether the encoder's linear layers run in int8 (asked for, and the kernels work here)."""
         self._dense_layers = self.layers  # views of the module's weights, for use_torch_linears
         int8_ops = _int8_kernels() if int8 and cpu else None
+        int8_library = ""
         packing: tuple[_Pack, _Linear, _Linear] | None = None
         if int8 and (int8_ops is None or self.word.dtype != torch.float32):
             logger.warning("int8 linear layers unavailable (CPU and fp32 weights only); running fp32")
         elif int8_ops is not None:
-            library, packing, self.int8 = int8_ops[0], int8_ops[1:], True
+            int8_library, packing, self.int8 = int8_ops[0], int8_ops[1:], True
         elif cpu and self.word.dtype == torch.bfloat16:  # fp16 on CPU: oneDNN needs AVX-512 FP16
             packing = _prepacked_bf16_linears()
         if packing is not None:
@@ -373,9 +374,8 @@ class PackedForward:
             for i, layer in enumerate(self.layers):
                 layer.pack_weights(pack, last=i == len(self.layers) - 1)
         bf16_packed = packing is not None and not self.int8
-        if not self.int8:
-            library = "oneDNN, prepacked" if bf16_packed else "oneDNN" if onednn else "torch"
-        self.linear_library = library
+        library = "oneDNN, prepacked" if bf16_packed else "oneDNN" if onednn else "torch"
+        self.linear_library = int8_library or library
         """What runs the linear layers: ``"oneDNN"`` (fp32 on CPU where it works), ``"oneDNN,
         prepacked"`` (bf16 on CPU), ``"int8 (oneDNN, AMX)"``, ``"int8 (fbgemm)"`` or ``"torch"``."""
         self.matmul_attention_tokens = _bf16_matmul_attention_tokens() if bf16_packed else 0
